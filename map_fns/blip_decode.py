@@ -1,7 +1,8 @@
 """BLIP decoding for the caption stage: load the model, and sample every candidate of a batch of images.
 
-The vision encoder runs once per image; each image's candidates then decode together through the text
-decoder with a KV cache, finished candidates leaving the batch as they end (as in LAION's loop).
+The vision encoder runs once per image; all candidates of all images then decode together, sharing their
+image's cross-attention keys and values (`CandidateDecoder`), finished candidates leaving the batch every
+few steps.
 """
 
 from __future__ import annotations
@@ -10,15 +11,33 @@ import torch
 
 from map_fns import sampling
 from map_fns.caption import CaptionConfig
+from map_fns.candidate_decoder import CandidateDecoder
 from map_fns.pretrained import load_trained
 
 
-def load_captioner(name: str, device: torch.device):
+def load_captioner(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
     """BLIP model and processor via `from_pretrained`; refuses checkpoints that leave weights random."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
     model = load_trained(BlipForConditionalGeneration, name, "captioner")
-    return model.to(device), BlipProcessor.from_pretrained(name)
+    return model.to(device, dtype), BlipProcessor.from_pretrained(name)
+
+
+def bytes_per_image(model, num_candidates: int, num_positions: int) -> int:
+    """Rough working memory of one image in `sample_candidate_ids`, for sizing batches to free memory.
+
+    Vision activations (MLP and attention scores of one layer, twice for input and output), the image's
+    cross-attention keys and values, its candidates' self-attention caches, and the fp32 vocabulary-sized
+    tensors of one sampling step (logits, softmax, sorted values and int64 indices, cumsum, masks).
+    """
+    vision, text = model.config.vision_config, model.config.text_config
+    width = model.dtype.itemsize
+    patches = (vision.image_size // vision.patch_size) ** 2 + 1
+    vision_bytes = 2 * patches * (vision.intermediate_size + vision.num_attention_heads * patches) * width
+    cross_bytes = text.num_hidden_layers * 2 * patches * text.hidden_size * width
+    cache_bytes = num_candidates * text.num_hidden_layers * 2 * num_positions * text.hidden_size * width
+    sampling_bytes = num_candidates * text.vocab_size * 40
+    return vision_bytes + cross_bytes + cache_bytes + sampling_bytes
 
 
 def prompt_token_ids(tokenizer, prompt: str, bos_token_id: int, sep_token_id: int) -> list[int]:
@@ -31,46 +50,52 @@ def prompt_token_ids(tokenizer, prompt: str, bos_token_id: int, sep_token_id: in
 
 @torch.inference_mode()
 def sample_candidate_ids(model, pixel_values: torch.Tensor, uniforms: torch.Tensor, cfg: CaptionConfig,
-                         prompt_ids: list[int]) -> list[list[list[int]]]:
-    """Generated token ids (EOS excluded) per image and candidate; `uniforms` is (images, candidates, steps)."""
-    text_config = model.config.text_config
+                         prompt_ids: list[int], compact_every: int | None = None) -> list[list[list[int]]]:
+    """Generated token ids (EOS excluded) per image and candidate; `uniforms` is (images, candidates, steps).
+
+    Finished candidates are dropped every `compact_every` steps (the only host-device synchronisation in
+    the loop; default 1 on CPU, where it costs nothing, 4 on GPUs); until then they run along unread.
+    """
+    eos = model.config.text_config.sep_token_id
     num_images, num_candidates, num_steps = uniforms.shape
     device = pixel_values.device
-    image_embeds = model.vision_model(pixel_values=pixel_values)[0]
-    encoder_states = image_embeds.repeat_interleave(num_candidates, dim=0)
-    max_lengths = torch.tensor(cfg.max_lengths, device=device).repeat(num_images)
-    uniforms = uniforms.reshape(num_images * num_candidates, num_steps).to(device)
-
-    active = torch.arange(num_images * num_candidates, device=device)
-    sequences = torch.tensor(prompt_ids, device=device).expand(len(active), -1)
-    step_input, cache = sequences, None
-    results: dict[int, list[int]] = {}
+    compact_every = compact_every or (1 if device.type == "cpu" else 4)
+    prompt = torch.tensor(prompt_ids, device=device)
     prompt_len = len(prompt_ids)
+    decoder = CandidateDecoder(model.text_decoder, model.vision_model(pixel_values=pixel_values)[0],
+                               num_candidates, prompt_len + num_steps)
+    logits = decoder.prefill(prompt)
+
+    total = num_images * num_candidates
+    rows = torch.arange(total, device=device)  # candidate index of each decoding row
+    uniforms = uniforms.reshape(total, num_steps).to(device)
+    max_lengths = torch.tensor(cfg.max_lengths, device=device).repeat(num_images)
+    sequences = torch.cat([prompt.expand(total, -1), prompt.new_zeros(total, num_steps)], dim=1)
+    lengths = torch.zeros(total, dtype=torch.long, device=device)
+    finished = torch.zeros(total, dtype=torch.bool, device=device)  # per decoding row
     for step in range(num_steps):
-        out = model.text_decoder(input_ids=step_input, encoder_hidden_states=encoder_states[active],
-                                 past_key_values=cache, use_cache=True, logits_to_keep=1)
         tokens, eos_stop = sampling.next_tokens(
-            out.logits[:, -1], sequences, step, uniforms[active, step],
-            eos_token_id=text_config.sep_token_id, min_length=cfg.min_length,
-            repetition_penalty=cfg.repetition_penalty, top_k=cfg.top_k, top_p=cfg.top_p,
-            eos_stop_probability=cfg.eos_stop_probability,
+            logits, sequences[rows, : prompt_len + step], step, uniforms[rows, step],
+            eos_token_id=eos, min_length=cfg.min_length, repetition_penalty=cfg.repetition_penalty,
+            top_k=cfg.top_k, top_p=cfg.top_p, eos_stop_probability=cfg.eos_stop_probability,
         )
-        ended_before_token = eos_stop | (tokens == text_config.sep_token_id)
-        sequences = torch.cat([sequences, tokens.unsqueeze(-1)], dim=-1)
-        ended_after_token = ~ended_before_token & (max_lengths[active] <= step + 1)
-        for row, seq in zip(active[ended_before_token].tolist(), sequences[ended_before_token, prompt_len:-1].tolist()):
-            results[row] = seq
-        for row, seq in zip(active[ended_after_token].tolist(), sequences[ended_after_token, prompt_len:].tolist()):
-            results[row] = seq
-        keep = ~(ended_before_token | ended_after_token)
-        if not keep.any():
+        sequences[rows, prompt_len + step] = tokens
+        ends_without_token = eos_stop | (tokens == eos)
+        ends_now = ~finished & (ends_without_token | (max_lengths[rows] <= step + 1))
+        lengths[rows] = torch.where(ends_now, step + 1 - ends_without_token.long(), lengths[rows])
+        finished |= ends_now
+        if step + 1 == num_steps:
             break
-        if not keep.all():
-            kept = keep.nonzero().squeeze(-1)
-            out.past_key_values.batch_select_indices(kept)
-            active, sequences, tokens = active[kept], sequences[kept], tokens[kept]
-        step_input, cache = tokens.unsqueeze(-1), out.past_key_values
-    return [[results[i * num_candidates + j] for j in range(num_candidates)] for i in range(num_images)]
+        if (step + 1) % compact_every == 0:
+            alive = (~finished).nonzero().squeeze(-1)
+            if len(alive) == 0:
+                break
+            if len(alive) < len(rows):
+                decoder.compact(alive)
+                rows, finished, tokens = rows[alive], finished[alive], tokens[alive]
+        logits = decoder.step(tokens)
+    generated = [ids[:length] for ids, length in zip(sequences[:, prompt_len:].tolist(), lengths.tolist())]
+    return [generated[i * num_candidates : (i + 1) * num_candidates] for i in range(num_images)]
 
 
 def unique_captions(tokenizer, candidate_ids: list[list[int]]) -> list[str]:

@@ -80,34 +80,46 @@ class CaptionConfig:
         return candidate_max_lengths(parse_length_schedule(self.length_schedule), self.num_candidates)
 
 
-def make_caption_fn(cfg: CaptionConfig, device="cpu") -> Callable[[dict], dict]:
-    """Load BLIP once; the returned batched function adds `_candidates` (internal) to every ok row."""
+def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto",
+                    model_batch_size: int = 0) -> Callable[[dict], dict]:
+    """Load BLIP once; the returned batched function adds `_candidates` (internal) to every ok row.
+
+    Images go through the model in sub-batches sized to free memory (`model_batch_size` 0) or of the given
+    size; they are resized and normalised on `device` (the processor's torchvision backend).
+    """
     import torch
 
     from map_fns import sampling
-    from map_fns.blip_decode import load_captioner, prompt_token_ids, sample_candidate_ids, unique_captions
+    from map_fns.batching import AutoBatcher
+    from map_fns.blip_decode import (bytes_per_image, load_captioner, prompt_token_ids, sample_candidate_ids,
+                                     unique_captions)
+    from map_fns.precision import resolve_dtype
 
     device = torch.device(device)
-    model, processor = load_captioner(cfg.captioner, device)
+    model, processor = load_captioner(cfg.captioner, device, resolve_dtype(precision, device))
     text_config = model.config.text_config
     prompt_ids = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text_config.bos_token_id,
                                   text_config.sep_token_id)
     num_steps = max(cfg.max_lengths)
+    batcher = AutoBatcher("caption", device, bytes_per_image(model, cfg.num_candidates, len(prompt_ids) + num_steps),
+                          model_batch_size)
+
+    def sample(images: list, row_keys: list[str]) -> list[list[str]]:
+        pixels = processor.image_processor(images, return_tensors="pt", device=device).pixel_values
+        uniforms = torch.stack([sampling.row_uniforms(cfg.seed, key, cfg.num_candidates, num_steps) for key in row_keys])
+        ids = sample_candidate_ids(model, pixels.to(device, model.dtype), uniforms, cfg, prompt_ids)
+        return [unique_captions(processor.tokenizer, image_ids) for image_ids in ids]
 
     def caption(batch: dict[str, list]) -> dict[str, list]:
         rows = ok_rows(batch)
         candidates: list[list[str] | None] = [None] * len(batch["status"])
         status, error = list(batch["status"]), list(batch["error"])
-        if rows:
-            pixels = processor.image_processor([batch["_image"][i] for i in rows], return_tensors="pt")
-            uniforms = torch.stack([
-                sampling.row_uniforms(cfg.seed, batch["_row_key"][i], cfg.num_candidates, num_steps) for i in rows
-            ])
-            pixel_values = pixels.pixel_values.to(device, model.dtype)
-            for i, ids in zip(rows, sample_candidate_ids(model, pixel_values, uniforms, cfg, prompt_ids)):
-                candidates[i] = unique_captions(processor.tokenizer, ids)
-                if not candidates[i]:
-                    status[i], error[i] = NO_CAPTION, "every sampled candidate was empty"
+        found = batcher.map(rows, lambda chunk: sample([batch["_image"][i] for i in chunk],
+                                                       [batch["_row_key"][i] for i in chunk]))
+        for i, row_candidates in zip(rows, found):
+            candidates[i] = row_candidates
+            if not row_candidates:
+                status[i], error[i] = NO_CAPTION, "every sampled candidate was empty"
         return {"_candidates": candidates, "status": status, "error": error}
 
     return caption
