@@ -19,8 +19,8 @@ def load_captioner(name: str, device: torch.device, dtype: torch.dtype = torch.f
     """BLIP model and processor via `from_pretrained`; refuses checkpoints that leave weights random."""
     from transformers import BlipForConditionalGeneration, BlipProcessor
 
-    model = load_trained(BlipForConditionalGeneration, name, "captioner")
-    return model.to(device, dtype), BlipProcessor.from_pretrained(name)
+    model = load_trained(BlipForConditionalGeneration, name, "captioner", dtype=dtype)
+    return model.to(device), BlipProcessor.from_pretrained(name)
 
 
 def bytes_per_image(model, num_candidates: int, num_positions: int) -> int:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from map_fns.clip_score import ClipScorer, parse_clip_spec
+from map_fns.precision import resolve_dtype
 from map_fns.status import ok_rows
 
 if TYPE_CHECKING:
@@ -44,9 +45,14 @@ def top_k_by_score(items: list[str], scores: list[float], k: int) -> tuple[list[
     return [items[i] for i in order], [scores[i] for i in order]
 
 
-def make_rank_fn(cfg: RankConfig, device: str | torch.device) -> Callable[[dict[str, list]], dict[str, list]]:
-    """Load the ranker once; the returned batched fn adds `all_captions` and `all_similarities`."""
-    scorer = ClipScorer(cfg.ranker, device)
+def make_rank_fn(cfg: RankConfig, device: str | torch.device, *, precision: str = "auto",
+                 model_batch_size: int = 0) -> Callable[[dict[str, list]], dict[str, list]]:
+    """Load the ranker once; the returned batched fn adds `all_captions` and `all_similarities`.
+
+    `precision` is resolved for `device` (`map_fns.precision`); images go through CLIP `model_batch_size` at a
+    time, or as many as fit in free memory for 0.
+    """
+    scorer = ClipScorer(cfg.ranker, device, dtype=resolve_dtype(precision, device), model_batch_size=model_batch_size)
 
     def rank(batch: dict[str, list]) -> dict[str, list]:
         n = len(batch["status"])

@@ -1,7 +1,8 @@
 """Repair stage: a T5 grammar model fixes the chosen caption's grammar, as LAION-COCO did.
 
 BLIP's sampled captions are often ungrammatical ("a dog sitting on on grass"); the repaired text becomes
-`top_caption`, the dataset's main caption.
+`top_caption`, the dataset's main caption. Captions are beam-searched many at a time, sorted by length so
+a sub-batch pads little; each one's result is what `generate` gives it alone.
 """
 
 from __future__ import annotations
@@ -41,33 +42,69 @@ class RepairConfig:
                 raise ValueError(f"--{flag} must be an integer >= 1, got {value!r}")
 
 
-def make_repair_fn(cfg: RepairConfig, device: str | torch.device) -> Callable[[dict[str, list]], dict[str, list]]:
-    """Load the repairer once (not at all for 'none'); the returned batched fn adds `top_caption`."""
+def bytes_per_caption(model, num_beams: int, max_new_tokens: int) -> int:
+    """Rough working memory of one caption in beam search, to size batches to free memory.
+
+    Per beam, every decoder layer caches keys and values of its own tokens and of the encoded caption (taken
+    to be as long: a repair barely changes length); the encoder's widest activation is its 4x-wide MLP; each
+    step's fp32 scores over the vocabulary are held a few times (logits, log-softmax, beam scores, top-k).
+    """
+    config, width = model.config, model.dtype.itemsize
+    caches = num_beams * config.num_hidden_layers * 2 * 2 * max_new_tokens * config.hidden_size * width
+    encoder = max_new_tokens * 4 * config.hidden_size * width
+    scores = num_beams * config.vocab_size * 4 * 4
+    return caches + encoder + scores
+
+
+def in_length_order(texts: list[str], lengths: list[int], run: Callable[[list[str]], list[str]]) -> list[str]:
+    """`run` over `texts` sorted by `lengths`, so that sub-batches pad little; results in the texts' order."""
+    order = sorted(range(len(texts)), key=lengths.__getitem__)
+    results = [""] * len(texts)
+    for i, result in zip(order, run([texts[i] for i in order])):
+        results[i] = result
+    return results
+
+
+def make_repair_fn(cfg: RepairConfig, device: str | torch.device, *, precision: str = "auto",
+                   model_batch_size: int = 0) -> Callable[[dict[str, list]], dict[str, list]]:
+    """Load the repairer once (not at all for 'none'); the returned batched fn adds `top_caption`.
+
+    `precision` is resolved for `device` (`map_fns.precision`); captions go through `generate`
+    `model_batch_size` at a time, or as many as fit in free memory for 0. 'none' ignores both.
+    """
     if cfg.repairer == NONE:
         return _keep_raw
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-    logger.info("loading repairer %s on %s", cfg.repairer, device)
+    from map_fns.batching import AutoBatcher
+    from map_fns.precision import resolve_dtype
+
+    device = torch.device(device)
+    dtype = resolve_dtype(precision, device)
+    logger.info("loading repairer %s on %s in %s", cfg.repairer, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(cfg.repairer)
-    model = load_trained(AutoModelForSeq2SeqLM, cfg.repairer, "repairer")
-    model.to(device)
+    # dtype through from_pretrained, not .to(): T5 keeps the layers it lists as fp32-only (`wo`) in fp32
+    model = load_trained(AutoModelForSeq2SeqLM, cfg.repairer, "repairer", dtype=dtype).to(device)
+    batcher = AutoBatcher("repair", device, bytes_per_caption(model, cfg.repair_num_beams, cfg.repair_max_new_tokens),
+                          model_batch_size)
+
+    def generate(texts: list[str]) -> list[str]:
+        inputs = tokenizer(texts, return_tensors="pt", padding=True).to(device)
+        out = model.generate(**inputs, num_beams=cfg.repair_num_beams, max_new_tokens=cfg.repair_max_new_tokens,
+                             do_sample=False)
+        return [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def repair(batch: dict[str, list]) -> dict[str, list]:
         top: list[str | None] = [None] * len(batch["status"])
         rows = ok_rows(batch)
         if rows:
             texts = [cfg.repair_prefix + batch["top_caption_raw"][i] for i in rows]
-            inputs = tokenizer(texts, return_tensors="pt", padding=True).to(model.device)
+            lengths = [len(ids) for ids in tokenizer(texts).input_ids]
             with torch.inference_mode():
-                out = model.generate(
-                    **inputs,
-                    num_beams=cfg.repair_num_beams,
-                    max_new_tokens=cfg.repair_max_new_tokens,
-                    do_sample=False,
-                )
-            for i, text in zip(rows, tokenizer.batch_decode(out, skip_special_tokens=True)):
-                top[i] = text.strip()
+                repaired = in_length_order(texts, lengths, lambda ordered: batcher.map(ordered, generate))
+            for i, text in zip(rows, repaired):
+                top[i] = text
         return {"top_caption": top}
 
     return repair

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from map_fns.clip_score import ClipScorer, parse_clip_spec
+from map_fns.precision import resolve_dtype
 from map_fns.status import ok_rows
 
 if TYPE_CHECKING:
@@ -45,11 +46,16 @@ def best_index(scores: list[float]) -> int:
     return max(range(len(scores)), key=scores.__getitem__)
 
 
-def make_rerank_fn(cfg: RerankConfig, device: str | torch.device) -> Callable[[dict[str, list]], dict[str, list]]:
-    """Load the reranker once (not at all for 'none'); the fn adds `rerank_similarities`, `top_caption_raw`."""
+def make_rerank_fn(cfg: RerankConfig, device: str | torch.device, *, precision: str = "auto",
+                   model_batch_size: int = 0) -> Callable[[dict[str, list]], dict[str, list]]:
+    """Load the reranker once (not at all for 'none'); the fn adds `rerank_similarities`, `top_caption_raw`.
+
+    `precision` and `model_batch_size` as for `make_rank_fn`; 'none' ignores them.
+    """
     if cfg.reranker == NONE:
         return _keep_ranker_best
-    scorer = ClipScorer(cfg.reranker, device)
+    scorer = ClipScorer(cfg.reranker, device, dtype=resolve_dtype(precision, device),
+                        model_batch_size=model_batch_size)
 
     def rerank(batch: dict[str, list]) -> dict[str, list]:
         n = len(batch["status"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import map_fns.rank as rank_module
 import map_fns.rerank as rerank_module
 from map_fns.clip_score import ClipScorer, needs_quick_gelu, parse_clip_spec
 from map_fns.rank import RankConfig, make_rank_fn, top_k_by_score
@@ -224,9 +225,45 @@ def test_rerank_none_keeps_the_ranker_best_without_loading_a_model(monkeypatch):
         raise AssertionError("reranker 'none' must not load a model")
 
     monkeypatch.setattr(rerank_module, "ClipScorer", no_model)
-    rerank = make_rerank_fn(RerankConfig(reranker="none"), "cpu")
+    rerank = make_rerank_fn(RerankConfig(reranker="none"), "cpu", precision="bf16", model_batch_size=4)
     out = rerank({"status": [OK, FETCH_ERROR], "_image": [None, None], "all_captions": [["best", "second"], None]})
     assert out == {"rerank_similarities": [None, None], "top_caption_raw": ["best", None]}
+
+
+def _recording_scorers(monkeypatch) -> list[ClipScorer]:
+    """The scorers the rank and rerank factories load, as they load them."""
+    made = []
+
+    def scorer(*args, **kwargs):
+        made.append(ClipScorer(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(rank_module, "ClipScorer", scorer)
+    monkeypatch.setattr(rerank_module, "ClipScorer", scorer)
+    return made
+
+
+def test_factories_load_the_scorer_in_the_resolved_precision_and_batch_size(tiny_models, monkeypatch):
+    made = _recording_scorers(monkeypatch)
+    make_rank_fn(RankConfig(ranker=tiny_models.ranker), "cpu", precision="bf16", model_batch_size=3)
+    make_rerank_fn(RerankConfig(reranker=tiny_models.reranker), "cpu", precision="auto")
+    assert [(s.dtype, s.batcher.fixed_size) for s in made] == [(torch.bfloat16, 3), (torch.float32, 0)]
+    with pytest.raises(ValueError, match="--precision"):
+        make_rank_fn(RankConfig(ranker=tiny_models.ranker), "cpu", precision="half")
+
+
+def test_rank_and_rerank_one_image_per_forward_give_the_same_results(ranked, tiny_models, monkeypatch):
+    batch, whole = ranked
+    made = _recording_scorers(monkeypatch)
+    one = make_rank_fn(RankConfig(ranker=tiny_models.ranker, keep_top=5), "cpu", model_batch_size=1)(batch)
+    rerank = RerankConfig(reranker=tiny_models.reranker)
+    reranked = {size: make_rerank_fn(rerank, "cpu", model_batch_size=size)({**batch, **whole}) for size in (0, 1)}
+    assert [s.batcher.fixed_size for s in made] == [1, 0, 1]
+    assert one["all_captions"] == whole["all_captions"]
+    assert reranked[1]["top_caption_raw"] == reranked[0]["top_caption_raw"]
+    for i in (0, 2):  # the ok rows
+        assert one["all_similarities"][i] == pytest.approx(whole["all_similarities"][i], abs=1e-6)
+        assert reranked[1]["rerank_similarities"][i] == pytest.approx(reranked[0]["rerank_similarities"][i], abs=1e-6)
 
 
 def test_scorer_keeps_row_boundaries_and_handles_empty_rows(tiny_models):

@@ -8,7 +8,9 @@ from safetensors.torch import load_file, save_file
 import transformers
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-from map_fns.repair import RepairConfig, make_repair_fn
+import map_fns.batching
+import map_fns.repair as repair_module
+from map_fns.repair import RepairConfig, bytes_per_caption, make_repair_fn
 from map_fns.status import DECODE_ERROR, OK
 
 CAPTIONS = ["a dog sitting on on the grass", "cat", "a red car parked next to a white house on the street"]
@@ -60,6 +62,73 @@ def test_batched_repair_equals_one_row_at_a_time_generate(tiny_models):
     assert len(set(expected)) == len(expected) and all(expected), "tiny T5 outputs must tell rows apart"
 
 
+def _recording_repairer(monkeypatch) -> tuple[list, list[list[int]]]:
+    """The models `make_repair_fn` loads, and the unpadded input lengths of every `generate` call."""
+    models, calls = [], []
+
+    def load_trained(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        real_generate = model.generate
+
+        def generate(**inputs):
+            calls.append(inputs["attention_mask"].sum(dim=1).tolist())
+            return real_generate(**inputs)
+
+        model.generate = generate
+        models.append(model)
+        return model
+
+    real_load = repair_module.load_trained
+    monkeypatch.setattr(repair_module, "load_trained", load_trained)
+    return models, calls
+
+
+def _repaired(tiny_models, **engine) -> list[str | None]:
+    cfg = RepairConfig(repairer=tiny_models.repairer, repair_num_beams=2, repair_max_new_tokens=12)
+    return make_repair_fn(cfg, "cpu", **engine)(_batch())["top_caption"]
+
+
+def test_one_caption_per_generate_gives_the_same_repairs(tiny_models, monkeypatch):
+    whole = _repaired(tiny_models)
+    _, calls = _recording_repairer(monkeypatch)
+    assert _repaired(tiny_models, model_batch_size=1) == whole
+    assert [len(call) for call in calls] == [1, 1, 1]
+
+
+def test_captions_go_shortest_first_and_come_back_in_row_order(tiny_models, monkeypatch):
+    whole = _repaired(tiny_models)
+    _, calls = _recording_repairer(monkeypatch)
+    assert _repaired(tiny_models, model_batch_size=2) == whole
+    lengths = [n for call in calls for n in call]
+    assert [len(call) for call in calls] == [2, 1] and lengths == sorted(lengths) and len(set(lengths)) == 3
+
+
+def test_sub_batches_sized_to_free_memory(tiny_models, monkeypatch):
+    whole = _repaired(tiny_models)
+    models, calls = _recording_repairer(monkeypatch)
+    room = 2.5 / map_fns.batching.MEMORY_HEADROOM  # for 2.5 captions of the model as loaded
+    monkeypatch.setattr(map_fns.batching, "free_device_memory",
+                        lambda device: int(bytes_per_caption(models[0], num_beams=2, max_new_tokens=12) * room))
+    assert _repaired(tiny_models) == whole
+    assert [len(call) for call in calls] == [2, 1]
+
+
+def test_precision_reaches_the_repairer(tiny_models, monkeypatch):
+    models, _ = _recording_repairer(monkeypatch)
+    repaired = _repaired(tiny_models, precision="bf16")
+    assert models[0].dtype == torch.bfloat16
+    assert repaired[1] is None and all(isinstance(text, str) for i, text in enumerate(repaired) if i != 1)
+    with pytest.raises(ValueError, match="--precision"):
+        _repaired(tiny_models, precision="half")
+
+
+def test_fp16_keeps_the_layers_t5_needs_in_fp32(tiny_models, monkeypatch):
+    models, _ = _recording_repairer(monkeypatch)
+    assert all(isinstance(text, str) for i, text in enumerate(_repaired(tiny_models, precision="fp16")) if i != 1)
+    feed_forward = models[0].encoder.block[0].layer[1].DenseReluDense
+    assert (feed_forward.wi.weight.dtype, feed_forward.wo.weight.dtype) == (torch.float16, torch.float32)
+
+
 def test_batch_without_ok_rows(tiny_models):
     repair = make_repair_fn(RepairConfig(repairer=tiny_models.repairer), "cpu")
     assert repair({"status": [DECODE_ERROR], "top_caption_raw": [None]}) == {"top_caption": [None]}
@@ -71,7 +140,7 @@ def test_none_passes_the_raw_caption_through_without_a_model(monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, "from_pretrained", no_model)
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", no_model)
-    out = make_repair_fn(RepairConfig(repairer="none"), "cpu")(_batch())
+    out = make_repair_fn(RepairConfig(repairer="none"), "cpu", precision="bf16", model_batch_size=1)(_batch())
     assert out == {"top_caption": [CAPTIONS[0], None, CAPTIONS[1], CAPTIONS[2]]}
 
 
@@ -86,7 +155,6 @@ def test_refuses_a_checkpoint_with_missing_weights(tiny_models, tmp_path):
     with pytest.raises(RuntimeError, match="random") as err:
         make_repair_fn(RepairConfig(repairer=str(broken)), "cpu")
     assert dropped in str(err.value)
-
 
 
 def test_flag_checking_imports_no_torch():
