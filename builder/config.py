@@ -18,6 +18,7 @@ from transformers import HfArgumentParser
 
 from map_fns.caption import CaptionConfig
 from map_fns.fetch import FetchConfig
+from map_fns.precision import PRECISIONS, check_precision
 from map_fns.rank import RankConfig
 from map_fns.repair import RepairConfig
 from map_fns.rerank import RerankConfig
@@ -60,7 +61,16 @@ class RunConfig:
     output_dir: str = field(default=None, metadata={"help": "Where data/*.parquet and README.md go (required)."})
     preset: str = field(default="laion-coco", metadata={"help": f"Model preset: {' | '.join(PRESETS)}."})
     config: str | None = field(default=None, metadata={"help": "YAML file with any of these flags as keys."})
-    batch_size: int = field(default=16, metadata={"help": "Images per model batch."})
+    batch_size: int = field(
+        default=64, metadata={"help": "Rows per batch through the stages: the most images a model sees at once."}
+    )
+    model_batch_size: int = field(
+        default=0,
+        metadata={"help": "Images (captions, for repair) per model call; 0: as many as fit in free GPU memory, "
+                          "halved and retried on out-of-memory."},
+    )
+    precision: str = field(default="auto", metadata={"help": f"{' | '.join(PRECISIONS)}: auto is bf16 (else fp16) "
+                                                              "on GPUs, fp32 on CPUs."})
     rows_per_chunk: int = field(default=10_000, metadata={"help": "Rows per output parquet file."})
     prefetch_batches: int = field(default=4, metadata={"help": "Fetched batches kept ready ahead of the models."})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Where --preset tiny builds its models."})
@@ -73,6 +83,9 @@ class RunConfig:
         for name in ("batch_size", "rows_per_chunk", "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.model_batch_size < 0:
+            raise ValueError(f"--model_batch_size must be >= 0, got {self.model_batch_size}")
+        check_precision(self.precision)
 
 
 SECTIONS = {

@@ -48,8 +48,9 @@ def captioned(rows, cfg: BuildConfig, device):
     ahead = IterableDataset.from_generator(
         lambda: rows_of(prefetch(fetched.iter(batch_size=size), cfg.run.prefetch_batches))
     )
-    for stage in (make_caption_fn(cfg.caption, device), make_rank_fn(cfg.rank, device),
-                  make_rerank_fn(cfg.rerank, device), make_repair_fn(cfg.repair, device)):
+    engine = {"precision": cfg.run.precision, "model_batch_size": cfg.run.model_batch_size}
+    for stage in (make_caption_fn(cfg.caption, device, **engine), make_rank_fn(cfg.rank, device, **engine),
+                  make_rerank_fn(cfg.rerank, device, **engine), make_repair_fn(cfg.repair, device, **engine)):
         ahead = ahead.map(stage, batched=True, batch_size=size)
     return ahead
 

@@ -181,6 +181,8 @@ ERROR_CASES = {
     "ranker without pretrained tag": (lambda t: ["--ranker", "ViT-L-14"], lambda t: ["--ranker", "ViT-L-14"]),
     "ranker bad hf-hub spec": (lambda t: ["--ranker", "hf-hub:no-repo"], lambda t: ["--ranker", "hf-hub:no-repo"]),
     "reranker bad spec": (lambda t: ["--reranker", "RN50"], lambda t: ["--reranker", "RN50"]),
+    "unknown precision": (lambda t: ["--precision", "fp8"], lambda t: ["--precision", "fp8", "bf16"]),
+    "negative model batch size": (lambda t: ["--model_batch_size", "-3"], lambda t: ["--model_batch_size", "-3"]),
 }
 
 
