@@ -1,0 +1,378 @@
+"""Benchmark the full recipe (caption, rank, rerank, repair) at real model sizes, against the reference loop.
+
+    python bench/recipe.py [--device cuda] [--images 256] [--batch_size 64] [--precision auto]
+    python bench/recipe.py --tiny                      # tiny models on CPU, in seconds (a smoke run)
+
+The four models are the real architectures with random weights (`bench/real_size_models.py`, built once
+into the cache dir: no download, same FLOPs), fed synthetic images the size the fetch stage delivers.
+The product's own stage functions run on map batches exactly as `builder/` chains them; then, in the same
+process after the fast models are freed, `map_fns.reference_loop.ReferenceLoop` (LAION's one-image-at-a-time
+loop, fp32) captions a few images. Prints images/s, ms/image, FLOPs, achieved TFLOP/s and share of the
+device's peak, and peak memory per stage, end to end and for the reference, and the ratio. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+STAGES = ("caption", "rank", "rerank", "repair")
+ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3)  # width / height, cycled
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity); the first entry whose words all occur in the
+# device name wins, so more specific names come first.
+PEAK_TFLOPS = (
+    (("H100", "PCIe"), 756), (("H100", "NVL"), 835), (("H100",), 989), (("H200",), 989), (("B200",), 2250),
+    (("A100",), 312), (("L40S",), 362), (("L40",), 181), (("L4",), 121), (("A10G",), 70), (("A10",), 125),
+    (("RTX 4090",), 165), (("RTX 3090",), 71), (("V100",), 125), (("T4",), 65),
+)
+
+
+# ---------------------------------------------------------------------------------------------- setup
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny random models (builder.tiny_models), CPU, few images")
+    p.add_argument("--device", default=None, help="cuda | cpu (default: cuda when available; cpu with --tiny)")
+    p.add_argument("--images", type=int, default=None, help="images timed through the stages (256; 8 with --tiny)")
+    p.add_argument("--batch_size", type=int, default=None, help="rows per map batch (64; 4 with --tiny)")
+    p.add_argument("--model_batch_size", type=int, default=0, help="stages' sub-batch size; 0: sized to free memory")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs, fp32 on CPUs)")
+    p.add_argument("--warmup_images", type=int, default=None,
+                   help="untimed first batch (min(batch_size, 8) on GPUs, 1 on CPUs)")
+    p.add_argument("--flop_images", type=int, default=None,
+                   help="images per stage in the FLOP-counting pass (2; 1 with --tiny)")
+    p.add_argument("--reference_images", type=int, default=None,
+                   help="images through the reference loop (4 on GPUs, 1 on CPUs; 0 skips it)")
+    p.add_argument("--peak_tflops", type=float, default=None, help="device peak dense bf16 TFLOP/s (default: table)")
+    p.add_argument("--profile", type=Path, default=None, help="profile one extra batch; chrome trace into this dir")
+    p.add_argument("--cache_dir", type=Path, default=Path(tempfile.gettempdir()) / "laion-coco-bench-recipe",
+                   help="where the models are built once (real size: ~7 GB)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic images and sampling seed")
+    p.add_argument("--json", type=Path, default=None, help="also write all results here")
+    args = p.parse_args()
+
+    import torch
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
+    on_gpu = torch.device(args.device).type == "cuda"
+    defaults = {"images": 8 if args.tiny else 256, "batch_size": 4 if args.tiny else 64,
+                "warmup_images": 1, "flop_images": 1 if args.tiny else 2, "reference_images": 1}
+    if on_gpu:
+        defaults.update(warmup_images=min(args.batch_size or defaults["batch_size"], 8), reference_images=4)
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.images < 1 or args.batch_size < 1:
+        p.error("--images and --batch_size must be >= 1")
+    return args
+
+
+def synthetic_images(n: int, seed: int, prefix: str) -> tuple[list, list[str]]:
+    """RGB images with the fetch stage's shorter side and varied aspects: colour gradients plus noise."""
+    import numpy as np
+    from PIL import Image
+
+    from map_fns.fetch import FetchConfig
+
+    short = FetchConfig().resize_min_side or 448
+    images, keys = [], []
+    for i in range(n):
+        rng = np.random.default_rng([seed, i, len(prefix)])
+        aspect = ASPECTS[i % len(ASPECTS)]
+        w, h = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
+        across = np.linspace(0, 1, w)[None, :, None] * rng.uniform(0, 255, 3)
+        down = np.linspace(0, 1, h)[:, None, None] * rng.uniform(-128, 128, 3)
+        pixels = across + down + rng.normal(0, rng.uniform(10, 60), (h, w, 3))
+        images.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB"))
+        keys.append(f"{prefix}-{seed}-{i}")
+    return images, keys
+
+
+def stage_configs(args) -> dict:
+    """The four stage configs, recipe defaults, models from the cache."""
+    from map_fns.caption import CaptionConfig
+    from map_fns.rank import RankConfig
+    from map_fns.repair import RepairConfig
+    from map_fns.rerank import RerankConfig
+
+    if args.tiny:
+        from builder.tiny_models import build_tiny_models
+
+        paths = build_tiny_models(args.cache_dir)
+    else:
+        from bench.real_size_models import build_real_size_models
+
+        paths = build_real_size_models(args.cache_dir)
+    return {"caption": CaptionConfig(captioner=paths.captioner, seed=args.seed),
+            "rank": RankConfig(ranker=paths.ranker), "rerank": RerankConfig(reranker=paths.reranker),
+            "repair": RepairConfig(repairer=paths.repairer)}
+
+
+def load_stages(cfgs: dict, args, sync) -> tuple[dict, dict]:
+    """The product's four stage functions and their load seconds."""
+    from map_fns.caption import make_caption_fn
+    from map_fns.rank import make_rank_fn
+    from map_fns.repair import make_repair_fn
+    from map_fns.rerank import make_rerank_fn
+
+    makers = {"caption": make_caption_fn, "rank": make_rank_fn, "rerank": make_rerank_fn, "repair": make_repair_fn}
+    stages, load_s = {}, {}
+    for name, make in makers.items():
+        start = time.perf_counter()
+        stages[name] = make(cfgs[name], args.device, precision=args.precision, model_batch_size=args.model_batch_size)
+        sync()
+        load_s[name] = time.perf_counter() - start
+    return stages, load_s
+
+
+def new_batch(images: list, keys: list[str]) -> dict[str, list]:
+    """A map batch as the fetch stage hands it on: every row ok."""
+    n = len(images)
+    return {"_image": list(images), "_row_key": list(keys), "status": ["ok"] * n, "error": [None] * n}
+
+
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+def make_sync(device: str):
+    import torch
+
+    return torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+
+def peak_mib(device: str, reset: bool = False) -> float | None:
+    """CUDA: max_memory_allocated since the last reset. CPU: the process's peak RSS so far (never resets)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if reset:
+        torch.cuda.reset_peak_memory_stats(device)
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def time_stages(stages: dict, images: list, keys: list[str], batch_size: int, device: str) -> dict:
+    """Seconds and peak memory per stage over map batches (stages run one after another on each batch),
+    plus the candidates' sizes: unique candidates per image and words (≈ BLIP tokens) per candidate."""
+    from tqdm import tqdm
+
+    sync, on_gpu = make_sync(device), device.startswith("cuda")
+    seconds, peaks = dict.fromkeys(stages, 0.0), dict.fromkeys(stages, 0.0)
+    counts = {"images": 0, "ok": 0, "candidates": 0, "words": 0, "repaired_words": 0}
+    for start in tqdm(range(0, len(images), batch_size), desc="timed batches", unit="batch"):
+        batch = new_batch(images[start : start + batch_size], keys[start : start + batch_size])
+        for name, fn in stages.items():
+            peak_mib(device, reset=True)
+            sync()
+            t0 = time.perf_counter()
+            batch.update(fn(batch))
+            sync()
+            seconds[name] += time.perf_counter() - t0
+            peaks[name] = max(peaks[name], peak_mib(device) or 0.0) if on_gpu else None
+        found = [c for c in batch["_candidates"] if c]
+        counts["images"] += len(batch["status"])
+        counts["ok"] += sum(s == "ok" for s in batch["status"])
+        counts["candidates"] += sum(map(len, found))
+        counts["words"] += sum(len(text.split()) for c in found for text in c)
+        counts["repaired_words"] += sum(len(text.split()) for text in batch["top_caption"] if text)
+    return {"seconds": seconds, "peak_mib": peaks, "process_peak_mib": peak_mib(device), **counts}
+
+
+def count_flops(stages: dict, images: list, keys: list[str]) -> dict[str, float]:
+    """FLOPs per image per stage (matmuls, convolutions, attention), counted in one untimed batch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_attention(query, key, value, *args, out_shape=None, **kwargs):  # torch counts only the GPU kernels
+        return sdpa_flop_count(query, key, value)
+
+    cpu_kernel = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention}
+    batch, flops = new_batch(images, keys), {}
+    for name, fn in stages.items():
+        with FlopCounterMode(display=False, custom_mapping=cpu_kernel) as counter:
+            batch.update(fn(batch))
+        flops[name] = counter.get_total_flops() / len(images)
+    return flops
+
+
+def profile_batch(stages: dict, images: list, keys: list[str], device: str, out_dir: Path) -> None:
+    """One batch under torch.profiler: the top operators printed, a chrome trace saved."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    on_gpu = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
+    batch, sync = new_batch(images, keys), make_sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        for name, fn in stages.items():
+            with record_function(f"stage:{name}"):
+                batch.update(fn(batch))
+        sync()
+        wall_us = (time.perf_counter() - start) * 1e6
+    ops = prof.key_averages()
+    print(ops.table(sort_by="device_time_total" if on_gpu else "cpu_time_total", row_limit=25))
+    if on_gpu:  # kernels' own time over wall time: how busy the one stream kept the GPU (profiler overhead included)
+        print(f"GPU busy in the profiled batch: {sum(e.self_device_time_total for e in ops) / wall_us:.0%}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prof.export_chrome_trace(str(out_dir / "recipe-trace.json"))
+    print(f"chrome trace: {out_dir / 'recipe-trace.json'}")
+
+
+def time_reference(cfgs: dict, images: list, keys: list[str], device: str) -> dict:
+    """The reference loop (its own fp32 models), one image at a time; warmed up with one image on GPUs."""
+    from tqdm import tqdm
+
+    from map_fns.reference_loop import ReferenceLoop
+
+    sync = make_sync(device)
+    peak_mib(device, reset=True)
+    start = time.perf_counter()
+    loop = ReferenceLoop(cfgs["caption"], cfgs["rank"], cfgs["rerank"], cfgs["repair"], device)
+    sync()
+    load_s = time.perf_counter() - start
+    if device.startswith("cuda"):
+        loop.run(images[0], keys[0] + "-warmup")
+    sync()
+    start = time.perf_counter()
+    for image, key in tqdm(list(zip(images, keys)), desc="reference loop", unit="image"):
+        loop.run(image, key)
+    sync()
+    return {"images": len(images), "seconds": time.perf_counter() - start, "load_s": load_s,
+            "peak_mib": peak_mib(device)}
+
+
+def free_memory(device: str) -> None:
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def device_peak_tflops(device: str, override: float | None) -> tuple[str, float | None]:
+    import torch
+
+    if not device.startswith("cuda"):
+        return "cpu", override
+    name = torch.cuda.get_device_name(device)
+    return name, override or next((peak for words, peak in PEAK_TFLOPS if all(w in name for w in words)), None)
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def table_rows(r: dict) -> list[list]:
+    timed, flops, peak = r["timed"], r["flops_per_image"], r["peak_tflops"]
+    n = timed["images"]
+
+    def num(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+    def row(label, images, seconds, flop_per_image, mem, load):
+        tflops = flop_per_image * images / seconds / 1e12 if flop_per_image is not None else None
+        return [label, images, f"{seconds:.3f}", num(images / seconds), num(1000 * seconds / images),
+                num(None if flop_per_image is None else flop_per_image / 1e9), num(tflops),
+                f"{100 * tflops / peak:.1f}%" if peak and tflops is not None else "n/a",
+                "-" if mem is None else f"{mem:.0f}", f"{load:.1f}"]
+
+    rows = [row(s, n, timed["seconds"][s], flops[s], timed["peak_mib"][s], r["load_s"][s]) for s in STAGES]
+    rows.append(row("end to end", n, sum(timed["seconds"].values()), sum(flops.values()),
+                    max(filter(None, timed["peak_mib"].values()), default=timed["process_peak_mib"]),
+                    sum(r["load_s"].values())))
+    if r.get("reference"):
+        ref = r["reference"]
+        rows.append(row("reference", ref["images"], ref["seconds"], None, ref["peak_mib"], ref["load_s"]))
+    return rows
+
+
+def print_report(r: dict) -> None:
+    print(f"\ndevice {r['device_name']} ({r['device']}) | precision {r['precision']} ({r['dtype']}) | "
+          f"batch size {r['batch_size']} | model batch size {r['model_batch_size'] or 'auto'} | "
+          f"torch {r['torch']} | models {r['models']} | peak {r['peak_tflops'] or 'n/a'} TFLOP/s bf16 dense")
+    header = ["stage", "images", "s", "images/s", "ms/image", "GFLOP/image", "TFLOP/s", "% of peak", "peak MiB",
+              "load s"]
+    rows = table_rows(r)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    print()
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).rjust(w) if j else str(x).ljust(w) for j, (x, w) in enumerate(zip(row, widths))))
+    timed = r["timed"]
+    print()
+    if r.get("reference"):
+        print(f"fast / reference (end to end): {r['ratio']:.3g}x")
+    ok = max(timed["ok"], 1)
+    print(f"{timed['ok']}/{timed['images']} rows ok; {timed['candidates'] / ok:.1f} unique candidates per image, "
+          f"{timed['words'] / max(timed['candidates'], 1):.1f} words (~BLIP tokens) each of at most "
+          f"{r['mean_max_tokens']:.1f} on average; top_caption {timed['repaired_words'] / ok:.1f} words after repair")
+    print("Random weights rarely emit EOS, so candidates run to their max length and repairs to "
+          "repair_max_new_tokens: a worst case for decoding. FLOPs: torch FlopCounterMode over "
+          f"{r['flop_images']} image(s) per stage (matmul, conv, attention; not sampling or preprocessing). "
+          f"peak MiB: {r['memory_how']}.")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    args = parse_args()
+    import torch
+    from transformers.utils import logging as transformers_logging
+
+    from map_fns.precision import resolve_dtype
+
+    transformers_logging.disable_progress_bar()  # one "Loading weights" bar per model load
+    sync = make_sync(args.device)
+    device_name, peak = device_peak_tflops(args.device, args.peak_tflops)
+    cfgs = stage_configs(args)
+    result = {"device": args.device, "device_name": device_name, "precision": args.precision,
+              "dtype": str(resolve_dtype(args.precision, args.device)).removeprefix("torch."),
+              "batch_size": args.batch_size, "model_batch_size": args.model_batch_size, "torch": torch.__version__,
+              "models": "tiny" if args.tiny else "real size, random weights", "peak_tflops": peak,
+              "flop_images": args.flop_images, "images_seed": args.seed,
+              "mean_max_tokens": sum(cfgs["caption"].max_lengths) / len(cfgs["caption"].max_lengths),
+              "memory_how": "torch.cuda.max_memory_allocated during the stage's calls (all four models resident)"
+              if args.device.startswith("cuda") else "process peak RSS (ru_maxrss) so far; the reference's includes "
+              "the fast run's"}
+
+    stages, result["load_s"] = load_stages(cfgs, args, sync)
+    warmup = synthetic_images(args.warmup_images, args.seed, "warmup")
+    print(f"warm-up: {len(warmup[0])} image(s), untimed", flush=True)
+    batch = new_batch(*warmup)
+    for fn in stages.values():
+        batch.update(fn(batch))
+    sync()
+
+    images, keys = synthetic_images(args.images, args.seed, "bench")
+    result["timed"] = time_stages(stages, images, keys, args.batch_size, args.device)
+    print(f"counting FLOPs on {args.flop_images} image(s) ...", flush=True)
+    result["flops_per_image"] = count_flops(stages, images[: args.flop_images], keys[: args.flop_images])
+    if args.profile:
+        profile_batch(stages, images[: args.batch_size], keys[: args.batch_size], args.device, args.profile)
+    del stages, batch
+    free_memory(args.device)
+
+    if args.reference_images:
+        ref = time_reference(cfgs, images[: args.reference_images], keys[: args.reference_images], args.device)
+        result["reference"] = ref
+        fast = result["timed"]["images"] / sum(result["timed"]["seconds"].values())
+        result["ratio"] = fast / (ref["images"] / ref["seconds"])
+    print_report(result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
