@@ -16,7 +16,7 @@ import functools
 import time
 from pathlib import Path
 
-from builder.tiny_models import LOCAL_DIR_PREFIX, TinyModelPaths, _build_once, _save_open_clip, _spread_resnet
+from builder.tiny_models import TinyModelPaths, _build_once, _save_open_clip, _spread_resnet, model_paths
 
 VERSION_DIR = "real-size-v1"  # bump when any model here changes, so stale caches are never reused
 
@@ -24,17 +24,6 @@ VERSION_DIR = "real-size-v1"  # bump when any model here changes, so stale cache
 BLIP_VOCAB_SIZE = 30524
 BLIP_SPECIALS = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]", 30522: "[DEC]", 30523: "[ENC]"}
 T5_VOCAB_SIZE = 32128  # the model's embedding rows (T5's 32000 pieces + 100 sentinels, padded)
-
-
-def real_size_model_paths(cache_dir: str | Path) -> TinyModelPaths:
-    """Where `build_real_size_models(cache_dir)` puts the models, in the form each stage's config takes."""
-    root = Path(cache_dir).resolve() / VERSION_DIR
-    return TinyModelPaths(
-        captioner=str(root / "captioner"),
-        ranker=LOCAL_DIR_PREFIX + str(root / "ranker"),
-        reranker=LOCAL_DIR_PREFIX + str(root / "reranker"),
-        repairer=str(root / "repairer"),
-    )
 
 
 def build_real_size_models(cache_dir: str | Path) -> TinyModelPaths:
@@ -54,7 +43,7 @@ def build_real_size_models(cache_dir: str | Path) -> TinyModelPaths:
         _build_once(root / name, save)
         size = sum(p.stat().st_size for p in (root / name).rglob("*") if p.is_file())
         print(f"  {size / 2**30:.2f} GiB in {time.perf_counter() - start:.0f}s", flush=True)
-    return real_size_model_paths(cache_dir)
+    return model_paths(root)
 
 
 @functools.cache

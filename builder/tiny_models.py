@@ -66,7 +66,11 @@ class TinyModelPaths:
 
 def tiny_model_paths(cache_dir: str | Path) -> TinyModelPaths:
     """Where `build_tiny_models(cache_dir)` puts the models; builds nothing and imports nothing heavy."""
-    root = Path(cache_dir).resolve() / VERSION_DIR
+    return model_paths(Path(cache_dir).resolve() / VERSION_DIR)
+
+
+def model_paths(root: Path) -> TinyModelPaths:
+    """The four models' places under `root` (one folder each), as the stage configs name them."""
     return TinyModelPaths(
         captioner=str(root / "captioner"),
         ranker=LOCAL_DIR_PREFIX + str(root / "ranker"),
