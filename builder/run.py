@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 
 from accelerate import PartialState
-from tqdm.auto import tqdm
 
 from builder.config import BuildConfig, save_config
 from builder.prefetch import prefetch, rows_of
+from builder.progress import RankProgress
 from builder.schema import OUTPUT_COLUMNS, output_features
 from builder.source import ResolvedSource, open_stream
 from builder.stats import RunStats, format_stats, merge_stats
@@ -32,9 +32,10 @@ TINY_WARNING = (
 )
 
 
-def captioned(rows, cfg: BuildConfig, device):
+def captioned(rows, cfg: BuildConfig, device, stats: RunStats):
     """`rows` through every stage. Fetching runs ahead in a background thread (bounded by
-    `--prefetch_batches`) so downloads overlap the model stages; each stage loads its model once."""
+    `--prefetch_batches`) so downloads overlap the model stages; each stage loads its model once and adds
+    its seconds to `stats`."""
     from datasets import IterableDataset
 
     from map_fns.caption import make_caption_fn
@@ -44,14 +45,15 @@ def captioned(rows, cfg: BuildConfig, device):
     from map_fns.rerank import make_rerank_fn
 
     size = cfg.run.batch_size
-    fetched = rows.map(make_fetch_fn(cfg.fetch), batched=True, batch_size=size)
+    fetched = rows.map(stats.timed("fetch", make_fetch_fn(cfg.fetch)), batched=True, batch_size=size)
     ahead = IterableDataset.from_generator(
         lambda: rows_of(prefetch(fetched.iter(batch_size=size), cfg.run.prefetch_batches))
     )
     engine = {"precision": cfg.run.precision, "model_batch_size": cfg.run.model_batch_size}
-    for stage in (make_caption_fn(cfg.caption, device, **engine), make_rank_fn(cfg.rank, device, **engine),
-                  make_rerank_fn(cfg.rerank, device, **engine), make_repair_fn(cfg.repair, device, **engine)):
-        ahead = ahead.map(stage, batched=True, batch_size=size)
+    stages = {"caption": make_caption_fn(cfg.caption, device, **engine), "rank": make_rank_fn(cfg.rank, device, **engine),
+              "rerank": make_rerank_fn(cfg.rerank, device, **engine), "repair": make_repair_fn(cfg.repair, device, **engine)}
+    for name, stage in stages.items():
+        ahead = ahead.map(stats.timed(name, stage), batched=True, batch_size=size)
     return ahead
 
 
@@ -80,17 +82,17 @@ def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict
     if source.previous_output:
         source_features, carried, rows = split_retry(source_features, rows)
     features = output_features(source_features)
-    parts = ([carried] if carried is not None else []) + [captioned(rows, cfg, state.device)]
+    stats = RunStats()
+    parts = ([carried] if carried is not None else []) + [captioned(rows, cfg, state.device, stats)]
 
     writer = ChunkWriter(output_dir, rank, features, cfg.run.rows_per_chunk)
-    stats = RunStats()
-    with tqdm(total=cfg.source.max_samples, unit="row", disable=not state.is_main_process,
-              desc=f"captioning ({state.num_processes} processes, counting rank 0)") as progress:
-        for part in parts:
-            for batch in part.iter(batch_size=cfg.run.batch_size):
-                writer.add(batch)
-                stats.add(batch)
-                progress.update(len(batch["status"]))
+    progress = RankProgress(rank, state.num_processes, cfg.source.max_samples, show_bar=state.is_main_process)
+    for part in parts:
+        for batch in part.iter(batch_size=cfg.run.batch_size):
+            writer.add(batch)
+            stats.add(batch)
+            progress.update(batch["status"])
+    progress.close()
     writer.close()
     stats.save(output_dir / "stats" / f"rank-{rank:05d}.json")
     logger.info("rank %d wrote %d chunks", rank, writer.chunks_written)

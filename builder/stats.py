@@ -1,10 +1,12 @@
-"""Per-process counters (rows per status, per error reason), merged by the main process at the end."""
+"""Per-process counters (rows per status, per error reason, seconds per stage), merged by the main process."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 # Parts of an error message that name one host, address, port or size: counted per row they would make
@@ -25,31 +27,49 @@ def error_reason(error: str) -> str:
 
 
 class RunStats:
-    """What one process saw: how many rows, how each ended, and why those that failed did."""
+    """What one process saw: how many rows, how each ended, why those that failed did, and where time went."""
 
     def __init__(self):
         self.statuses: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self.stage_seconds: Counter[str] = Counter()
 
     def add(self, batch: dict[str, list]) -> None:
         self.statuses.update(batch["status"])
         self.errors.update(f"{status}: {error_reason(error)}"
                            for status, error in zip(batch["status"], batch["error"]) if error)
 
+    def timed(self, stage: str, fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+        """`fn`, adding the seconds each call takes to this stage's total (a stage may run in another thread)."""
+        def run(batch: dict) -> dict:
+            start = time.perf_counter()
+            try:
+                return fn(batch)
+            finally:
+                self.stage_seconds[stage] += time.perf_counter() - start
+
+        return run
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"statuses": self.statuses, "errors": self.errors}, indent=1))
+        path.write_text(json.dumps({"statuses": self.statuses, "errors": self.errors,
+                                    "stage_seconds": self.stage_seconds}, indent=1))
 
 
 def merge_stats(paths: list[Path]) -> dict:
-    """Sum the per-process files into `{"rows", "statuses", "errors"}`, most common first."""
-    statuses, errors = Counter(), Counter()
+    """Sum the per-process files into `{"rows", "statuses", "errors", "stage_seconds"}`, most common first.
+
+    Stage seconds add up across processes: they say where the compute went, not how long the run took.
+    """
+    statuses, errors, seconds = Counter(), Counter(), Counter()
     for path in paths:
         part = json.loads(path.read_text())
         statuses.update(part["statuses"])
         errors.update(part["errors"])
+        seconds.update(part.get("stage_seconds", {}))
     return {"rows": sum(statuses.values()), "statuses": dict(statuses.most_common()),
-            "errors": dict(errors.most_common())}
+            "errors": dict(errors.most_common()),
+            "stage_seconds": {stage: round(total, 3) for stage, total in seconds.items()}}
 
 
 def format_stats(stats: dict, max_errors: int = 10) -> str:
@@ -57,6 +77,9 @@ def format_stats(stats: dict, max_errors: int = 10) -> str:
     lines = [f"{stats['rows']} rows"]
     lines += [f"  {status:<14} {count:>10}  {count / max(stats['rows'], 1):6.1%}"
               for status, count in stats["statuses"].items()]
+    if stats.get("stage_seconds"):
+        lines.append("seconds per stage (summed over processes):")
+        lines += [f"  {stage:<14} {seconds:>10.1f}" for stage, seconds in stats["stage_seconds"].items()]
     if stats["errors"]:
         lines.append("most common errors:")
         lines += [f"  {count:>8}  {reason}" for reason, count in list(stats["errors"].items())[:max_errors]]

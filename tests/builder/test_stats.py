@@ -2,7 +2,7 @@
 
 import pytest
 
-from builder.stats import RunStats, error_reason
+from builder.stats import RunStats, error_reason, format_stats, merge_stats
 
 ALIKE = [
     ["DNS lookup of a.example.com failed: Name or service not known",
@@ -32,3 +32,31 @@ def test_run_stats_counts_statuses_and_folded_reasons():
                          "cannot connect to b.net:80: Connection refused", "10.1.2.3 is not a public address"]})
     assert stats.statuses == {"ok": 1, "fetch_error": 2, "blocked": 1}
     assert sorted(stats.errors.values()) == [1, 2]
+
+
+def test_stage_seconds_are_timed_per_stage_and_summed_across_processes(tmp_path):
+    import time
+
+    first, second = RunStats(), RunStats()
+    slow = first.timed("caption", lambda batch: time.sleep(0.05) or batch)
+    assert slow({"x": [1]}) == {"x": [1]}
+    slow({"x": [2]})
+    second.timed("caption", lambda batch: time.sleep(0.02) or batch)({})
+    second.timed("fetch", lambda batch: batch)({})
+    assert 0.1 <= first.stage_seconds["caption"] < 1
+    for i, stats in enumerate((first, second)):
+        stats.save(tmp_path / f"rank-{i}.json")
+    merged = merge_stats(sorted(tmp_path.glob("rank-*.json")))
+    assert merged["stage_seconds"]["caption"] >= 0.12 and set(merged["stage_seconds"]) == {"caption", "fetch"}
+    assert "caption" in format_stats(merged)
+
+
+def test_a_failing_stage_still_counts_its_time():
+    stats = RunStats()
+
+    def broken(batch):
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        stats.timed("rank", broken)({})
+    assert "rank" in stats.stage_seconds
