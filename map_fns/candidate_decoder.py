@@ -82,7 +82,8 @@ class CandidateDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per decoding row; returns the next-token logits, (rows, vocab)."""
         position = self.length
-        x = self.embeddings(input_ids=tokens.unsqueeze(-1), past_key_values_length=position)
+        positions = self.embeddings.position_ids[:, position : position + 1]
+        x = self.embeddings(input_ids=tokens.unsqueeze(-1), position_ids=positions)
         for layer, keys, values, cross in zip(self.layers, self.keys, self.values, self.cross):
             attention = layer.attention.self
             keys[:, :, position] = self._split(attention.key(x))[:, :, 0]

@@ -72,7 +72,7 @@ class ReferenceLoop:
         step_input, cache, results = sequences, None, {}
         for step in range(num_steps):
             out = self.blip.text_decoder(input_ids=step_input, encoder_hidden_states=encoder_states[active],
-                                         past_key_values=cache, use_cache=True, logits_to_keep=1)
+                                         cache=cache, use_cache=True, logits_to_keep=1)
             tokens, eos_stop = sampling.next_tokens(
                 out.logits[:, -1], sequences, step, uniforms[active, step], eos_token_id=eos,
                 min_length=cfg.min_length, repetition_penalty=cfg.repetition_penalty, top_k=cfg.top_k,
@@ -89,9 +89,9 @@ class ReferenceLoop:
             keep = (~(without_token | with_token)).nonzero().squeeze(-1)
             if len(keep) == 0:
                 break
-            out.past_key_values.batch_select_indices(keep)
+            out.cache.batch_select_indices(keep)
             active, sequences = active[keep], sequences[keep]
-            step_input, cache = tokens[keep].unsqueeze(-1), out.past_key_values
+            step_input, cache = tokens[keep].unsqueeze(-1), out.cache
         return [results[i] for i in range(cfg.num_candidates)]
 
     def repair(self, caption: str) -> str:
