@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
+    from builder.interrupt import RunInterrupted
     from builder.run import build
 
     # cpu=True on GPU-less machines makes torchrun's processes one gloo group; otherwise each would think
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        print(f"interrupted: {stop}", file=sys.stderr)
+        return stop.exit_code
     return 0
 
 

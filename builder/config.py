@@ -71,9 +71,15 @@ class RunConfig:
     )
     precision: str = field(default="auto", metadata={"help": f"{' | '.join(PRECISIONS)}: auto is bf16 (else fp16) "
                                                               "on GPUs, fp32 on CPUs."})
-    rows_per_chunk: int = field(default=10_000, metadata={"help": "Rows per output parquet file."})
+    rows_per_chunk: int = field(
+        default=10_000, metadata={"help": "Rows per output parquet file, rounded up to whole batches."}
+    )
     prefetch_batches: int = field(default=4, metadata={"help": "Fetched batches kept ready ahead of the models."})
     cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Where --preset tiny builds its models."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Delete this run's earlier output in --output_dir and start over "
+                                         "(without it, the same command resumes; a changed one is refused)."}
+    )
 
     def __post_init__(self):
         if not self.output_dir:
@@ -190,4 +196,5 @@ def save_config(cfg: BuildConfig, path: Path) -> None:
     """The resolved config beside the output: re-running with `--config` on it reproduces the run."""
     flat = {key: value for section in cfg.to_dict().values() for key, value in section.items()}
     flat.pop("config")
+    flat.pop("overwrite")  # a saved config must never wipe a folder when reused
     path.write_text(yaml.safe_dump(flat, sort_keys=False))

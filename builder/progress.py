@@ -28,12 +28,13 @@ def rank_share(total: int | None, rank: int, world_size: int) -> int | None:
 class RankProgress:
     """One process's progress: a tqdm bar when `show_bar`, a log line every `log_every` seconds always."""
 
-    def __init__(self, rank: int, world_size: int, total: int | None, show_bar: bool, log_every: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rank: int, world_size: int, total: int | None, show_bar: bool, done: int = 0,
+                 log_every: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        """`done`: rows an earlier, interrupted run of this process already wrote (the bar starts there)."""
         self.rank, self.log_every, self.clock = rank, log_every, clock
         self.rows = self.ok = 0
         self.started = self.last_log = clock()
-        self.bar = tqdm(total=rank_share(total, rank, world_size), unit="row", disable=not show_bar,
+        self.bar = tqdm(total=rank_share(total, rank, world_size), initial=done, unit="row", disable=not show_bar,
                         desc=f"captioning (rank {rank} of {world_size})")
 
     def update(self, statuses: list[str]) -> None:

@@ -15,11 +15,13 @@ from accelerate import PartialState
 
 from builder.config import BuildConfig, save_config
 from builder.prefetch import prefetch, rows_of
+from builder.interrupt import RunInterrupted, stop_on_signals
 from builder.progress import RankProgress
+from builder.resume import RankRecord, load_record, save_record, start_or_resume
 from builder.schema import OUTPUT_COLUMNS, output_features
 from builder.source import ResolvedSource, open_stream
 from builder.stats import RunStats, format_stats, merge_stats
-from builder.writer import ChunkWriter
+from builder.writer import ChunkWriter, remove_leftovers
 from dataset_card.card import write_card
 from map_fns.status import FETCH_ERROR
 
@@ -66,36 +68,37 @@ def split_retry(source_features, rows):
 
 
 def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict | None:
-    """Run this process's share; the main process returns the merged stats once every process is done."""
+    """Run (or resume) this process's share; the main process returns the merged stats once all are done.
+
+    Raises `ConfigError` when the output folder holds a different run, `RunInterrupted` on SIGTERM/SIGINT.
+    """
     output_dir = Path(cfg.run.output_dir)
     rank = state.process_index
-    if cfg.run.preset == "tiny":
-        with state.main_process_first():
+    with state.main_process_first():
+        if state.is_main_process:
+            start_or_resume(output_dir, cfg, state.num_processes, cfg.run.overwrite)
+        if cfg.run.preset == "tiny":
             from builder.tiny_models import build_tiny_models
 
             build_tiny_models(cfg.run.cache_dir)
-        if state.is_main_process:
-            logger.warning(TINY_WARNING)
+    if cfg.run.preset == "tiny" and state.is_main_process:
+        logger.warning(TINY_WARNING)
 
-    source_features, rows = open_stream(source, cfg.source, rank, state.num_processes)
-    carried = None
-    if source.previous_output:
-        source_features, carried, rows = split_retry(source_features, rows)
-    features = output_features(source_features)
-    stats = RunStats()
-    parts = ([carried] if carried is not None else []) + [captioned(rows, cfg, state.device, stats)]
-
-    writer = ChunkWriter(output_dir, rank, features, cfg.run.rows_per_chunk)
-    progress = RankProgress(rank, state.num_processes, cfg.source.max_samples, show_bar=state.is_main_process)
-    for part in parts:
-        for batch in part.iter(batch_size=cfg.run.batch_size):
-            writer.add(batch)
-            stats.add(batch)
-            progress.update(batch["status"])
-    progress.close()
-    writer.close()
-    stats.save(output_dir / "stats" / f"rank-{rank:05d}.json")
-    logger.info("rank %d wrote %d chunks", rank, writer.chunks_written)
+    record = load_record(output_dir, rank)
+    if record.rows and not record.done:
+        logger.info("rank %d: resuming after %d rows in %d chunks", rank, record.rows, record.chunks)
+    try:
+        remove_leftovers(output_dir, rank, record.chunks)
+        if not record.done:
+            write_share(cfg, source, state, record)
+    except RunInterrupted:
+        raise
+    except Exception:
+        kept = load_record(output_dir, rank)  # what a re-run will resume from
+        logger.exception("rank %d failed; the %d rows (%d chunks) it recorded are kept: run the same command "
+                         "again to resume", rank, kept.rows, kept.chunks)
+        raise
+    save_stats(output_dir, rank, RunStats(record.stats))
 
     state.wait_for_everyone()
     if not state.is_main_process:
@@ -105,3 +108,59 @@ def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict
     write_card(output_dir, cfg.to_dict(), merged)
     logger.info("done: %s\n%s", output_dir, format_stats(merged))
     return merged
+
+
+def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, record: RankRecord) -> None:
+    """This process's rows after the recorded ones, through the stages into chunks; the record follows each."""
+    output_dir, rank = Path(cfg.run.output_dir), state.process_index
+    source_features, rows = open_stream(source, cfg.source, rank, state.num_processes)
+    parts = [rows]
+    if source.previous_output:
+        source_features, carried, retried = split_retry(source_features, rows)
+        parts = [carried, retried]
+    parts = skip_rows(parts, record.rows)
+    stats = RunStats(record.stats)
+    outputs = parts[:-1] + [captioned(parts[-1], cfg, state.device, stats)]
+
+    def chunk_written(chunk) -> None:
+        stats.add({"status": chunk.column("status").to_pylist(), "error": chunk.column("error").to_pylist()})
+        record.chunks, record.rows, record.stats = record.chunks + 1, record.rows + chunk.num_rows, stats.to_dict()
+        save_record(output_dir, rank, record)
+
+    writer = ChunkWriter(output_dir, rank, output_features(source_features), cfg.run.rows_per_chunk,
+                         first_chunk=record.chunks, on_chunk=chunk_written)
+    progress = RankProgress(rank, state.num_processes, cfg.source.max_samples, show_bar=state.is_main_process,
+                            done=record.rows)
+    with stop_on_signals(rank) as stop:
+        for part in outputs:
+            for batch in part.iter(batch_size=cfg.run.batch_size):
+                writer.add(batch)
+                progress.update(batch["status"])
+                if stop:
+                    progress.close()
+                    raise RunInterrupted(stop.signum, f"rank {rank} stopped with {record.chunks} chunks "
+                                         f"({record.rows} rows) written to {output_dir}; run the same command "
+                                         "again to resume")
+    progress.close()
+    writer.close()
+    record.done = True
+    save_record(output_dir, rank, record)
+    logger.info("rank %d wrote %d chunks", rank, record.chunks)
+
+
+def skip_rows(parts: list, count: int) -> list:
+    """`parts` (streams written one after another) without their first `count` rows in all.
+
+    Every part but the last is counted by reading it, so they must be cheap (carried-over rows, never a
+    stream that runs models); the last is skipped lazily.
+    """
+    kept = []
+    for part in parts[:-1]:
+        size = sum(1 for _ in part) if count else 0
+        kept.append(part.skip(min(count, size)))
+        count -= min(count, size)
+    return kept + [parts[-1].skip(count) if count else parts[-1]]
+
+
+def save_stats(output_dir: Path, rank: int, stats: RunStats) -> None:
+    stats.save(output_dir / "stats" / f"rank-{rank:05d}.json")

@@ -29,10 +29,12 @@ def error_reason(error: str) -> str:
 class RunStats:
     """What one process saw: how many rows, how each ended, why those that failed did, and where time went."""
 
-    def __init__(self):
-        self.statuses: Counter[str] = Counter()
-        self.errors: Counter[str] = Counter()
-        self.stage_seconds: Counter[str] = Counter()
+    def __init__(self, saved: dict | None = None):
+        """Empty, or continuing from `to_dict()` of an earlier part of the same run."""
+        saved = saved or {}
+        self.statuses: Counter[str] = Counter(saved.get("statuses", {}))
+        self.errors: Counter[str] = Counter(saved.get("errors", {}))
+        self.stage_seconds: Counter[str] = Counter(saved.get("stage_seconds", {}))
 
     def add(self, batch: dict[str, list]) -> None:
         self.statuses.update(batch["status"])
@@ -50,10 +52,13 @@ class RunStats:
 
         return run
 
+    def to_dict(self) -> dict:
+        return {"statuses": dict(self.statuses), "errors": dict(self.errors),
+                "stage_seconds": dict(self.stage_seconds)}
+
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"statuses": self.statuses, "errors": self.errors,
-                                    "stage_seconds": self.stage_seconds}, indent=1))
+        path.write_text(json.dumps(self.to_dict(), indent=1))
 
 
 def merge_stats(paths: list[Path]) -> dict:

@@ -11,7 +11,7 @@ from datasets import Features, Image, Value
 
 from builder.schema import output_features
 from builder.stats import RunStats, format_stats, merge_stats
-from builder.writer import ChunkWriter, chunk_path, write_parquet_atomically
+from builder.writer import ChunkWriter, chunk_path, remove_leftovers, write_parquet_atomically
 from map_fns.status import DECODE_ERROR, FETCH_ERROR, INVALID_URL, NO_CAPTION, OK
 
 # DESIGN §3, in its order: the generated columns and their types
@@ -94,22 +94,29 @@ def _batch(start: int, failed: bool) -> dict[str, list]:
     }
 
 
-def test_chunks_are_numbered_full_in_order_and_share_one_schema(tmp_path):
+def test_chunks_are_numbered_in_order_end_on_whole_batches_and_share_one_schema(tmp_path):
     features = output_features(SOURCE_FEATURES)
     rank = 7
-    writer = ChunkWriter(tmp_path, rank, features, rows_per_chunk=3)
-    batches = [_batch(0, False), _batch(2, False), _batch(4, True), _batch(6, True)]  # last chunk: rows 6-7
+    reported = []
+
+    def on_chunk(table):  # the progress record may only say so once the chunk is on disk
+        assert chunk_path(tmp_path, rank, 1 + len(reported)).exists()
+        reported.append(table)
+
+    writer = ChunkWriter(tmp_path, rank, features, rows_per_chunk=3, first_chunk=1, on_chunk=on_chunk)
+    batches = [_batch(0, False), _batch(2, False), _batch(4, True), _batch(6, True)]  # 2 rows each
     for batch in batches:
         writer.add(batch)
     writer.close()
 
-    paths = [tmp_path / "data" / f"train-{rank:05d}-{chunk:05d}.parquet" for chunk in range(3)]
-    assert paths == [chunk_path(tmp_path, rank, chunk) for chunk in range(3)]
+    paths = [tmp_path / "data" / f"train-{rank:05d}-{chunk:05d}.parquet" for chunk in range(1, 3)]
+    assert paths == [chunk_path(tmp_path, rank, chunk) for chunk in range(1, 3)]
     assert sorted(os.listdir(tmp_path / "data")) == [p.name for p in paths], "temp or extra files left"
     assert writer.chunks_written == 3
 
     tables = [pq.read_table(p) for p in paths]
-    assert [t.num_rows for t in tables] == [3, 3, 2]
+    assert [t.num_rows for t in tables] == [4, 4]  # 3 rows reached in the middle of a batch: the batch stays whole
+    assert [t.num_rows for t in reported] == [4, 4]
     expected = {name: [v for b in batches for v in b[name]] for name in features}
     got = pa.concat_tables(tables).to_pydict()
     assert list(got) == list(features) and "_row_key" not in got
@@ -225,3 +232,15 @@ def test_format_stats_mentions_every_status_and_error(tmp_path):
         assert any(status in line and str(count) in line for line in text.splitlines()), status
     for reason in merged["errors"]:
         assert reason in text
+
+
+def test_leftovers_beyond_the_record_are_removed_and_nothing_else(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train-00000-00000.parquet", "train-00000-00001.parquet", "train-00000-00002.parquet",
+                 ".train-00000-00002.parquet.tmp", "train-00001-00005.parquet", ".train-00001-00006.parquet.tmp"):
+        (data / name).write_bytes(b"x")
+    remove_leftovers(tmp_path, rank=0, first_chunk=2)
+    assert sorted(p.name for p in data.iterdir()) == [
+        ".train-00001-00006.parquet.tmp", "train-00000-00000.parquet", "train-00000-00001.parquet",
+        "train-00001-00005.parquet"]  # rank 1's files are rank 1's business

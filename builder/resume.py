@@ -1,0 +1,105 @@
+"""Picking a run up where it stopped: what each process has durably written, and whether the run is the same.
+
+After each chunk is on disk a process rewrites its record `progress/rank-RRRRR.json`: chunks and rows
+written so far and the statistics of exactly those rows. Re-running the same command skips the recorded rows
+of the source and continues; a kill loses at most the chunk in flight. The first run also records its
+settings (`progress/run.json`); a re-run whose settings would change results is refused, naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from builder.config import BuildConfig, ConfigError
+
+RUN_FILE = "run.json"
+# Settings that change how a run goes, never what it writes; everything else must match to resume.
+OPERATIONAL = {"output_dir", "config", "overwrite", "prefetch_batches", "decode_threads", "fetch_concurrency",
+               "cache_dir"}
+# What a run writes into its output folder; --overwrite removes these and nothing else.
+RUN_OUTPUTS = ("data", "progress", "stats", "README.md", "build_config.yaml")
+
+
+@dataclass
+class RankRecord:
+    """How far one process got: whole chunks written, rows in them, their stats; `done` once it finished."""
+
+    chunks: int = 0
+    rows: int = 0
+    done: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+def progress_dir(output_dir: Path) -> Path:
+    return Path(output_dir) / "progress"
+
+
+def record_path(output_dir: Path, rank: int) -> Path:
+    return progress_dir(output_dir) / f"rank-{rank:05d}.json"
+
+
+def load_record(output_dir: Path, rank: int) -> RankRecord:
+    path = record_path(output_dir, rank)
+    return RankRecord(**json.loads(path.read_text())) if path.exists() else RankRecord()
+
+
+def save_record(output_dir: Path, rank: int, record: RankRecord) -> None:
+    write_json_durably(record_path(output_dir, rank), asdict(record))
+
+
+def write_json_durably(path: Path, value) -> None:
+    """Write through a temp file, fsync, rename: a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    sync_dir(path.parent)
+
+
+def sync_dir(path: Path) -> None:
+    """fsync a directory, so a rename into it survives a power loss, not just a killed process."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def run_settings(cfg: BuildConfig, world_size: int) -> dict:
+    """The settings a resumed run must share with the first one, as JSON would read them back."""
+    flat = {key: value for section in cfg.to_dict().values() for key, value in section.items()
+            if key not in OPERATIONAL}
+    return json.loads(json.dumps({"world_size": world_size, **flat}))
+
+
+def start_or_resume(output_dir: Path, cfg: BuildConfig, world_size: int, overwrite: bool) -> None:
+    """Main process, before any work: clear the folder for --overwrite, refuse a changed run, record a new one."""
+    output_dir = Path(output_dir)
+    if overwrite:
+        for name in RUN_OUTPUTS:
+            path = output_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    current = run_settings(cfg, world_size)
+    run_file = progress_dir(output_dir) / RUN_FILE
+    if run_file.exists():
+        previous = json.loads(run_file.read_text())
+        changed = [key for key in sorted(previous.keys() | current.keys()) if previous.get(key) != current.get(key)]
+        if changed:
+            differences = ", ".join(f"{key} {previous.get(key)!r} -> {current.get(key)!r}" for key in changed)
+            raise ConfigError(f"--output_dir {output_dir} holds a run with other settings ({differences}); "
+                              "run the same command to resume it, or add --overwrite to start over")
+        return
+    if any((output_dir / "data").glob("*.parquet")):
+        raise ConfigError(f"--output_dir {output_dir} holds data/*.parquet from a run that did not record its "
+                          "settings; add --overwrite to start over")
+    write_json_durably(run_file, current)
