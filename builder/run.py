@@ -9,6 +9,7 @@ every other row is carried over as it was.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import PartialState
@@ -17,6 +18,7 @@ from builder.config import BuildConfig, save_config
 from builder.prefetch import prefetch, rows_of
 from builder.interrupt import RunInterrupted, stop_on_signals
 from builder.progress import RankProgress
+from builder.reuse import ResultReuse
 from builder.resume import RankRecord, load_record, save_record, start_or_resume
 from builder.schema import OUTPUT_COLUMNS, output_features
 from builder.source import ResolvedSource, open_stream
@@ -37,7 +39,8 @@ TINY_WARNING = (
 def captioned(rows, cfg: BuildConfig, device, stats: RunStats):
     """`rows` through every stage. Fetching runs ahead in a background thread (bounded by
     `--prefetch_batches`) so downloads overlap the model stages; each stage loads its model once and adds
-    its seconds to `stats`."""
+    its seconds to `stats`. Rows whose key (URL, else image hash) an earlier row of this process had reuse
+    that row's results instead of running the models again."""
     from datasets import IterableDataset
 
     from map_fns.caption import make_caption_fn
@@ -54,9 +57,20 @@ def captioned(rows, cfg: BuildConfig, device, stats: RunStats):
     engine = {"precision": cfg.run.precision, "model_batch_size": cfg.run.model_batch_size}
     stages = {"caption": make_caption_fn(cfg.caption, device, **engine), "rank": make_rank_fn(cfg.rank, device, **engine),
               "rerank": make_rerank_fn(cfg.rerank, device, **engine), "repair": make_repair_fn(cfg.repair, device, **engine)}
-    for name, stage in stages.items():
-        ahead = ahead.map(stats.timed(name, stage), batched=True, batch_size=size)
-    return ahead
+    models = chained([stats.timed(name, stage) for name, stage in stages.items()])
+    return ahead.map(ResultReuse(on_reused=stats.add_reused).wrap(models), batched=True, batch_size=size)
+
+
+def chained(stages: list[Callable[[dict], dict]]) -> Callable[[dict], dict]:
+    """One batched map fn running `stages` in order, each seeing the columns the earlier ones added; returns
+    all the columns they add or change (one map, so rows repeating an earlier row's key skip all of them)."""
+    def run_all(batch: dict[str, list]) -> dict[str, list]:
+        added: dict[str, list] = {}
+        for stage in stages:
+            added.update(stage({**batch, **added}))
+        return added
+
+    return run_all
 
 
 def split_retry(source_features, rows):

@@ -35,6 +35,10 @@ class RunStats:
         self.statuses: Counter[str] = Counter(saved.get("statuses", {}))
         self.errors: Counter[str] = Counter(saved.get("errors", {}))
         self.stage_seconds: Counter[str] = Counter(saved.get("stage_seconds", {}))
+        self.reused_rows: int = saved.get("reused_rows", 0)  # ok rows that copied an earlier row's results
+
+    def add_reused(self, count: int) -> None:
+        self.reused_rows += count
 
     def add(self, batch: dict[str, list]) -> None:
         self.statuses.update(batch["status"])
@@ -54,7 +58,7 @@ class RunStats:
 
     def to_dict(self) -> dict:
         return {"statuses": dict(self.statuses), "errors": dict(self.errors),
-                "stage_seconds": dict(self.stage_seconds)}
+                "stage_seconds": dict(self.stage_seconds), "reused_rows": self.reused_rows}
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,19 +66,22 @@ class RunStats:
 
 
 def merge_stats(paths: list[Path]) -> dict:
-    """Sum the per-process files into `{"rows", "statuses", "errors", "stage_seconds"}`, most common first.
+    """Sum the per-process files into `{"rows", "statuses", "errors", "stage_seconds", "reused_rows"}`, most
+    common first.
 
-    Stage seconds add up across processes: they say where the compute went, not how long the run took.
+    Stage seconds add up across processes: they say where the compute went, not how long the run took. Like
+    them, reused rows count work done, so rows redone after an interruption count again.
     """
-    statuses, errors, seconds = Counter(), Counter(), Counter()
+    statuses, errors, seconds, reused = Counter(), Counter(), Counter(), 0
     for path in paths:
         part = json.loads(path.read_text())
         statuses.update(part["statuses"])
         errors.update(part["errors"])
         seconds.update(part.get("stage_seconds", {}))
+        reused += part.get("reused_rows", 0)
     return {"rows": sum(statuses.values()), "statuses": dict(statuses.most_common()),
             "errors": dict(errors.most_common()),
-            "stage_seconds": {stage: round(total, 3) for stage, total in seconds.items()}}
+            "stage_seconds": {stage: round(total, 3) for stage, total in seconds.items()}, "reused_rows": reused}
 
 
 def format_stats(stats: dict, max_errors: int = 10) -> str:
@@ -82,6 +89,8 @@ def format_stats(stats: dict, max_errors: int = 10) -> str:
     lines = [f"{stats['rows']} rows"]
     lines += [f"  {status:<14} {count:>10}  {count / max(stats['rows'], 1):6.1%}"
               for status, count in stats["statuses"].items()]
+    if stats.get("reused_rows"):
+        lines.append(f"  {stats['reused_rows']} ok rows repeated an earlier row's URL or image and reused its captions")
     if stats.get("stage_seconds"):
         lines.append("seconds per stage (summed over processes):")
         lines += [f"  {stage:<14} {seconds:>10.1f}" for stage, seconds in stats["stage_seconds"].items()]
