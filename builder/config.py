@@ -94,9 +94,38 @@ class RunConfig:
         check_precision(self.precision)
 
 
+@dataclass
+class PublishConfig:
+    """What is made of the finished output: the card, the gallery, and the Hub push. None of it changes rows."""
+
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "Hub dataset repo (namespace/name) to push the output to, created if missing."}
+    )
+    private: bool = field(default=False, metadata={"help": "Create the Hub repo private."})
+    revision: str | None = field(default=None, metadata={"help": "Branch to push to, created if missing (default: main)."})
+    push_every: int = field(
+        default=0, metadata={"help": "Also push finished chunks every N chunks the main process writes (0: only at the end)."}
+    )
+    license: str = field(default="other", metadata={"help": "License id for the card's YAML (e.g. cc-by-4.0)."})
+    pretty_name: str | None = field(default=None, metadata={"help": "Dataset name shown on the card."})
+    card_examples: int = field(default=8, metadata={"help": "Example rows shown on the card."})
+    gallery_rows: int = field(default=24, metadata={"help": "Rows in OUTPUT_DIR/gallery.html (0: no gallery)."})
+
+    def __post_init__(self):
+        for name in ("push_every", "card_examples", "gallery_rows"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.push_to_hub is not None and (self.push_to_hub.count("/") != 1 or "" in self.push_to_hub.split("/")):
+            raise ValueError(f"--push_to_hub must be namespace/name, got {self.push_to_hub!r}")
+        for name in ("private", "revision", "push_every"):
+            if getattr(self, name) and not self.push_to_hub:
+                raise ValueError(f"--{name} needs --push_to_hub")
+
+
 SECTIONS = {
     "source": SourceConfig,
     "run": RunConfig,
+    "publish": PublishConfig,
     "fetch": FetchConfig,
     "caption": CaptionConfig,
     "rank": RankConfig,
@@ -111,6 +140,7 @@ class BuildConfig:
 
     source: SourceConfig
     run: RunConfig
+    publish: PublishConfig
     fetch: FetchConfig
     caption: CaptionConfig
     rank: RankConfig

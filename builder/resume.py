@@ -17,7 +17,8 @@ from pathlib import Path
 from builder.config import BuildConfig, ConfigError
 
 RUN_FILE = "run.json"
-# Settings that change how a run goes, never what it writes; everything else must match to resume.
+# Settings that change how a run goes, never what it writes; everything else but the publish section (card,
+# gallery, push) must match to resume.
 OPERATIONAL = {"output_dir", "config", "overwrite", "prefetch_batches", "decode_threads", "fetch_concurrency",
                "cache_dir"}
 # What a run writes into its output folder; --overwrite removes these and nothing else.
@@ -74,8 +75,8 @@ def sync_dir(path: Path) -> None:
 
 def run_settings(cfg: BuildConfig, world_size: int) -> dict:
     """The settings a resumed run must share with the first one, as JSON would read them back."""
-    flat = {key: value for section in cfg.to_dict().values() for key, value in section.items()
-            if key not in OPERATIONAL}
+    flat = {key: value for name, section in cfg.to_dict().items() if name != "publish"
+            for key, value in section.items() if key not in OPERATIONAL}
     return json.loads(json.dumps({"world_size": world_size, **flat}))
 
 

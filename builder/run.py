@@ -9,17 +9,18 @@ every other row is carried over as it was.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from accelerate import PartialState
 
 from builder.config import BuildConfig, save_config
-from builder.prefetch import prefetch, rows_of
 from builder.interrupt import RunInterrupted, stop_on_signals
+from builder.prefetch import prefetch, rows_of
 from builder.progress import RankProgress
-from builder.reuse import ResultReuse
 from builder.resume import RankRecord, load_record, save_record, start_or_resume
+from builder.reuse import ResultReuse
 from builder.schema import OUTPUT_COLUMNS, output_features
 from builder.source import ResolvedSource, open_stream
 from builder.stats import RunStats, format_stats, merge_stats
@@ -136,8 +137,11 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
     stats = RunStats(record.stats)
     outputs = parts[:-1] + [captioned(parts[-1], cfg, state.device, stats)]
 
+    started, earlier_seconds = time.monotonic(), stats.active_seconds
+
     def chunk_written(chunk) -> None:
         stats.add({"status": chunk.column("status").to_pylist(), "error": chunk.column("error").to_pylist()})
+        stats.active_seconds = earlier_seconds + time.monotonic() - started
         record.chunks, record.rows, record.stats = record.chunks + 1, record.rows + chunk.num_rows, stats.to_dict()
         save_record(output_dir, rank, record)
 

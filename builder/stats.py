@@ -36,6 +36,7 @@ class RunStats:
         self.errors: Counter[str] = Counter(saved.get("errors", {}))
         self.stage_seconds: Counter[str] = Counter(saved.get("stage_seconds", {}))
         self.reused_rows: int = saved.get("reused_rows", 0)  # ok rows that copied an earlier row's results
+        self.active_seconds: float = saved.get("active_seconds", 0.0)  # working on the share, over all attempts
 
     def add_reused(self, count: int) -> None:
         self.reused_rows += count
@@ -58,7 +59,8 @@ class RunStats:
 
     def to_dict(self) -> dict:
         return {"statuses": dict(self.statuses), "errors": dict(self.errors),
-                "stage_seconds": dict(self.stage_seconds), "reused_rows": self.reused_rows}
+                "stage_seconds": dict(self.stage_seconds), "reused_rows": self.reused_rows,
+                "active_seconds": self.active_seconds}
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -66,22 +68,25 @@ class RunStats:
 
 
 def merge_stats(paths: list[Path]) -> dict:
-    """Sum the per-process files into `{"rows", "statuses", "errors", "stage_seconds", "reused_rows"}`, most
-    common first.
+    """Sum the per-process files into `{"rows", "statuses", "errors", "stage_seconds", "reused_rows",
+    "wall_seconds"}`, most common first.
 
-    Stage seconds add up across processes: they say where the compute went, not how long the run took. Like
-    them, reused rows count work done, so rows redone after an interruption count again.
+    Stage seconds add up across processes: they say where the compute went, not how long the run took; that
+    is `wall_seconds`, the slowest process's working time (interruptions not counted). Reused rows count work
+    done, so rows redone after an interruption count again.
     """
-    statuses, errors, seconds, reused = Counter(), Counter(), Counter(), 0
+    statuses, errors, seconds, reused, wall = Counter(), Counter(), Counter(), 0, 0.0
     for path in paths:
         part = json.loads(path.read_text())
         statuses.update(part["statuses"])
         errors.update(part["errors"])
         seconds.update(part.get("stage_seconds", {}))
         reused += part.get("reused_rows", 0)
+        wall = max(wall, part.get("active_seconds", 0.0))
     return {"rows": sum(statuses.values()), "statuses": dict(statuses.most_common()),
             "errors": dict(errors.most_common()),
-            "stage_seconds": {stage: round(total, 3) for stage, total in seconds.items()}, "reused_rows": reused}
+            "stage_seconds": {stage: round(total, 3) for stage, total in seconds.items()}, "reused_rows": reused,
+            "wall_seconds": round(wall, 3)}
 
 
 def format_stats(stats: dict, max_errors: int = 10) -> str:
@@ -89,6 +94,9 @@ def format_stats(stats: dict, max_errors: int = 10) -> str:
     lines = [f"{stats['rows']} rows"]
     lines += [f"  {status:<14} {count:>10}  {count / max(stats['rows'], 1):6.1%}"
               for status, count in stats["statuses"].items()]
+    if stats.get("wall_seconds"):
+        lines.append(f"  {stats['rows'] / stats['wall_seconds']:.2f} rows/s over {stats['wall_seconds']:.1f} s "
+                     "(the slowest process's working time)")
     if stats.get("reused_rows"):
         lines.append(f"  {stats['reused_rows']} ok rows repeated an earlier row's URL or image and reused its captions")
     if stats.get("stage_seconds"):

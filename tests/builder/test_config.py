@@ -183,6 +183,11 @@ ERROR_CASES = {
     "reranker bad spec": (lambda t: ["--reranker", "RN50"], lambda t: ["--reranker", "RN50"]),
     "unknown precision": (lambda t: ["--precision", "fp8"], lambda t: ["--precision", "fp8", "bf16"]),
     "negative model batch size": (lambda t: ["--model_batch_size", "-3"], lambda t: ["--model_batch_size", "-3"]),
+    "hub repo without namespace": (lambda t: ["--push_to_hub", "laion-coco"], lambda t: ["--push_to_hub", "laion-coco"]),
+    "hub repo with two slashes": (lambda t: ["--push_to_hub", "a/b/c"], lambda t: ["--push_to_hub", "a/b/c"]),
+    "private without a repo": (lambda t: ["--private"], lambda t: ["--private", "--push_to_hub"]),
+    "push_every without a repo": (lambda t: ["--push_every", "3"], lambda t: ["--push_every", "--push_to_hub"]),
+    "negative gallery rows": (lambda t: ["--gallery_rows", "-1"], lambda t: ["--gallery_rows", "-1"]),
 }
 
 

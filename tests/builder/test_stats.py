@@ -1,5 +1,7 @@
 """Error reasons are counted by kind, not by the host or address each row happened to hit."""
 
+import json
+
 import pytest
 
 from builder.stats import RunStats, error_reason, format_stats, merge_stats
@@ -60,3 +62,17 @@ def test_a_failing_stage_still_counts_its_time():
     with pytest.raises(ValueError):
         stats.timed("rank", broken)({})
     assert "rank" in stats.stage_seconds
+
+
+def test_merged_stats_take_the_slowest_process_as_wall_time_and_sum_reused_rows(tmp_path):
+    for rank, (seconds, reused) in enumerate([(10.0, 3), (25.0, 1)]):
+        stats = RunStats()
+        stats.add({"status": ["ok"] * 50, "error": [None] * 50})
+        stats.active_seconds, stats.reused_rows = seconds, reused
+        stats.save(tmp_path / f"rank-{rank}.json")
+    merged = merge_stats(sorted(tmp_path.glob("rank-*.json")))
+    assert merged["wall_seconds"] == 25.0 and merged["reused_rows"] == 4 and merged["rows"] == 100
+    text = format_stats(merged)
+    assert "4.00 rows/s over 25.0 s" in text and "4 ok rows repeated" in text
+    resumed = RunStats(json.loads((tmp_path / "rank-1.json").read_text()))  # a resumed process continues the counts
+    assert resumed.active_seconds == 25.0 and resumed.statuses == {"ok": 50} and resumed.reused_rows == 1
