@@ -1,0 +1,154 @@
+"""The viewer rules checked before a push (DESIGN §3, §5), on real parquet files and a real card."""
+
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from datasets import Features, Image, Value
+
+from builder.schema import output_features
+from builder.validate import MAX_ROW_GROUP_BYTES, ViewerCheckError, check_viewer_ready
+from builder.writer import ROW_GROUP_TARGET_BYTES, chunk_path, write_parquet_atomically
+from builder.config import parse_config
+from dataset_card.card import write_card
+
+SOURCE = Features({"URL": Value("string"), "TEXT": Value("string"), "image": Image(), "punsafe": Value("float32")})
+IMAGE_BYTES = b"\x89PNG" + bytes(range(256)) * 256  # big enough that the writer keeps no min/max for it
+STATS = {"rows": 3, "statuses": {"ok": 2, "fetch_error": 1}, "errors": {"timeout": 1}, "stage_seconds": {},
+         "reused_rows": 0, "wall_seconds": 1.5}
+
+
+def output_table(features: Features = output_features(SOURCE), **values) -> pa.Table:
+    row = {"URL": "http://127.0.0.1/a.png", "TEXT": "a cat", "image": {"bytes": IMAGE_BYTES, "path": None},
+           "punsafe": 0.1, "top_caption": "a cat on a mat", "top_caption_raw": "a cat on a mat",
+           "all_captions": ["a cat on a mat", "a cat"], "all_similarities": [0.3, 0.2],
+           "rerank_similarities": [0.4, 0.1], "status": "ok", "error": None, "image_width": 4, "image_height": 3}
+    return pa.Table.from_pylist([{**row, **values}] * 3, schema=features.arrow_schema)
+
+
+def good_output(output_dir: Path, chunks: int = 2) -> Path:
+    """What the builder leaves: chunks from the project's writer, a card from the project's renderer."""
+    (output_dir / "data").mkdir(parents=True)
+    for chunk in range(chunks):
+        write_parquet_atomically(output_table(), chunk_path(output_dir, 0, chunk))
+    write_card(output_dir, parse_config(["--output_dir", str(output_dir)]).to_dict(), STATS)
+    return output_dir
+
+
+def problems(output_dir: Path, **limits) -> list[str]:
+    """The message's lines, summary first."""
+    with pytest.raises(ViewerCheckError) as raised:
+        check_viewer_ready(output_dir, **limits)
+    return str(raised.value).splitlines()
+
+
+def test_the_builders_own_output_passes_and_hidden_temp_files_are_ignored(tmp_path):
+    output_dir = good_output(tmp_path / "out")
+    (output_dir / "data" / ".train-00000-00002.parquet.tmp").write_bytes(b"half a file")
+    check_viewer_ready(output_dir)
+
+
+def test_a_file_with_another_schema_is_named_with_what_differs(tmp_path):
+    output_dir = good_output(tmp_path / "out")
+    table = output_table()
+    odd = table.cast(table.schema.set(table.schema.get_field_index("image_width"), pa.field("image_width", pa.int64())))
+    pq.write_table(odd, chunk_path(output_dir, 1, 0), write_page_index=True)
+    summary, line = problems(output_dir)
+    assert summary.endswith("is not ready for the Hub viewer: 1 problem")
+    assert line.startswith("schema differs from data/train-00000-00000.parquet: "
+                           "column types image_width int64 (not int32)")
+    assert line.endswith(": data/train-00001-00000.parquet")
+
+
+def test_an_oversized_row_group_is_named_by_file_and_index(tmp_path):
+    output_dir = good_output(tmp_path / "out", chunks=1)
+    size = pq.ParquetFile(chunk_path(output_dir, 0, 0)).metadata.row_group(0).total_byte_size
+    check_viewer_ready(output_dir, max_row_group_bytes=size)
+    _, line = problems(output_dir, max_row_group_bytes=size - 1)
+    assert line == (f"row groups over {size - 1:,} bytes uncompressed: "
+                    f"data/train-00000-00000.parquet row group 0 ({size:,} bytes)")
+
+
+def test_the_default_limits_are_the_viewers_and_the_writer_stays_under_them():
+    assert MAX_ROW_GROUP_BYTES == 100 * 2**20
+    assert ROW_GROUP_TARGET_BYTES < MAX_ROW_GROUP_BYTES
+    assert check_viewer_ready.__kwdefaults__["max_files_per_folder"] == 10_000
+
+
+def test_a_file_without_page_index_is_rejected(tmp_path):
+    output_dir = good_output(tmp_path / "out")
+    pq.write_table(output_table(), chunk_path(output_dir, 1, 0), compression="zstd")  # pyarrow's default: none
+    assert problems(output_dir)[1:] == [
+        "column chunks without a page index (offset index): data/train-00001-00000.parquet"]
+
+
+def test_too_many_files_in_a_pushed_folder_are_rejected(tmp_path):
+    output_dir = good_output(tmp_path / "out", chunks=2)
+    shutil.rmtree(output_dir / "plots")  # the card's own plots: start from a known count
+    (output_dir / "plots").mkdir()
+    for name in ("a.png", "b.png", "c.png", ".hidden"):
+        (output_dir / "plots" / name).write_bytes(b"png")
+    check_viewer_ready(output_dir, max_files_per_folder=3)
+    assert problems(output_dir, max_files_per_folder=2)[1:] == ["more than 2 files in one folder: plots/ (3 files)"]
+
+
+def test_url_stored_as_an_image_feature_is_rejected(tmp_path):
+    output_dir = good_output(tmp_path / "out", chunks=0)
+    features = output_features(Features({**SOURCE, "URL": Image()}))
+    table = output_table(features, URL={"bytes": None, "path": "http://127.0.0.1/a.png"})
+    pq.write_table(table, chunk_path(output_dir, 0, 0), write_page_index=True)
+    assert problems(output_dir)[1:] == ["URL is not a plain string column (an Image of external URLs breaks the "
+                                        "viewer): data/train-00000-00000.parquet"]
+
+
+def test_broken_card_yaml_is_rejected(tmp_path):
+    output_dir = good_output(tmp_path / "out")
+    (output_dir / "README.md").write_text("---\nconfigs: [\n---\n# card\n")
+    [line] = problems(output_dir)[1:]
+    assert line.startswith("README.md YAML is not valid: ")
+
+
+@pytest.mark.parametrize("glob", ["data/train-*", "data/*.parquet", "data/**", "**/*.parquet", "*/train-*"])
+def test_a_card_whose_train_glob_covers_the_data_files_passes(tmp_path, glob):
+    output_dir = good_output(tmp_path / "out", chunks=1)
+    card = (output_dir / "README.md").read_text()
+    (output_dir / "README.md").write_text(card.replace("path: data/train-*", f"path: '{glob}'"))
+    check_viewer_ready(output_dir)
+
+
+@pytest.mark.parametrize("glob", ["train-*", "*", "data/train-?", "data/*/*.parquet"])
+def test_a_card_whose_train_glob_misses_the_data_files_is_rejected(tmp_path, glob):
+    output_dir = good_output(tmp_path / "out", chunks=1)
+    card = (output_dir / "README.md").read_text()
+    (output_dir / "README.md").write_text(card.replace("path: data/train-*", f"path: '{glob}'"))
+    assert problems(output_dir)[1:] == [
+        f"README.md config 'default' train data_files ['{glob}'] do not match: data/train-00000-00000.parquet"]
+
+
+def test_a_problem_in_many_files_names_the_first_twenty_and_counts_the_rest(tmp_path):
+    output_dir = good_output(tmp_path / "out", chunks=0)
+    for chunk in range(23):
+        pq.write_table(output_table(), chunk_path(output_dir, 0, chunk))
+    [line] = problems(output_dir)[1:]
+    assert line.endswith("data/train-00000-00019.parquet and 3 more")
+    assert line.count("data/train-") == 20
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    output_dir = tmp_path / "out"
+    (output_dir / "data").mkdir(parents=True)
+    pq.write_table(output_table(), chunk_path(output_dir, 0, 0))
+    pq.write_table(output_table().drop_columns(["punsafe"]), chunk_path(output_dir, 1, 0), write_page_index=True)
+    summary, *lines = problems(output_dir)
+    assert summary == f"{output_dir} is not ready for the Hub viewer: 3 problems"
+    assert lines == [
+        "column chunks without a page index (offset index): data/train-00000-00000.parquet",
+        "schema differs from data/train-00000-00000.parquet: missing columns punsafe: data/train-00001-00000.parquet",
+        "README.md is missing",
+    ]
+
+
+def test_an_empty_output_is_rejected(tmp_path):
+    assert problems(tmp_path)[1:] == ["no data files (data/*.parquet)", "README.md is missing"]
