@@ -1,37 +1,97 @@
-"""The output folder's README.md: YAML that lets `load_dataset(OUTPUT_DIR)` and the Hub find the parquet,
-plus what the run did. (The full card, with plots and examples, builds on this.)"""
+"""The output folder's README.md: the YAML `load_dataset` and the Hub read, then what the dataset is, how it
+was made (models, revisions, recipe, seed, config), what the run produced (counts, caption lengths,
+similarities, plots), example rows and the schema."""
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
+import jinja2
 import yaml
-from huggingface_hub import DatasetCardData
+from huggingface_hub import DatasetCard
 
-from builder.stats import format_stats
+from builder.source import bundled_sample
+from dataset_card.columns import schema_rows
+from dataset_card.examples import sample_examples
+from dataset_card.metadata import card_data, output_features
+from dataset_card.output_files import count_rows, data_files
+from dataset_card.plots import write_plots
+from dataset_card.provenance import models_used
+from dataset_card.summary import CaptionSummary, summarise
+
+TEMPLATE = "card_template.md"
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|])")
 
 
-def render_card(config: dict, stats: dict) -> str:
-    data = DatasetCardData(
-        task_categories=["image-to-text"],
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}],
+def markdown_text(text) -> str:
+    """Untrusted text as one inert table cell: no HTML, no markup, no cell breaks, one line."""
+    if text is None:
+        return "—"
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
+
+
+def code_span(text) -> str:
+    """Text as an inline code span that cannot end early or split a table cell."""
+    return "`" + " ".join(str(text).split()).replace("`", "'").replace("|", "\\|") + "`"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), undefined=jinja2.StrictUndefined,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["md"] = markdown_text
+    env.filters["code"] = code_span
+    return env
+
+
+def recipe(config: dict) -> dict:
+    """The settings that shape the captions, beyond the model choices and the seed."""
+    caption = {key: value for key, value in config["caption"].items() if key not in ("captioner", "seed")}
+    repair = {key: value for key, value in config["repair"].items() if key != "repairer"}
+    values = {**caption, "keep_top": config["rank"]["keep_top"], **repair, "precision": config["run"]["precision"]}
+    return {key: repr(value) if isinstance(value, str) else value for key, value in values.items()}
+
+
+def distributions(summary: CaptionSummary) -> list[tuple]:
+    """(plot name, title, number format, min/median/mean/max or None) for the statistics section."""
+    return [("caption_words", "Caption length in words", "%.4g", summary.caption_words.describe()),
+            ("first_ranker", "First-ranker similarity (all_similarities[0])", "%.4f", summary.first_ranker.describe()),
+            ("second_ranker", "Second-ranker similarity of the chosen caption", "%.4f",
+             summary.second_ranker.describe())]
+
+
+def render_card(output_dir: Path, config: dict, stats: dict) -> str:
+    """The card's text; writes its plots under `output_dir/plots/` on the way."""
+    output_dir = Path(output_dir)
+    features = output_features(output_dir) if data_files(output_dir) else None  # no files: no process had rows
+    summary = summarise(output_dir)
+    rows = stats["rows"]
+    ok_rows = stats["statuses"].get("ok", 0)
+    data = card_data(config, count_rows(output_dir), features)
+    return _environment().get_template(TEMPLATE).render(
+        card_data=data.to_yaml(),
+        pretty_name=data.pretty_name,
+        config=config,
+        config_yaml=yaml.safe_dump(config, sort_keys=False).rstrip(),
+        source_hub_id=(data.source_datasets or [None])[0],
+        source_name=config["source"]["source"] or config["source"]["retry_failed"] or Path(bundled_sample()).name,
+        load_path=config["publish"]["push_to_hub"] or "path/to/output_dir",
+        models=models_used(config),
+        recipe=recipe(config),
+        stats=stats,
+        rows=rows,
+        ok_rows=ok_rows,
+        ok_rate=ok_rows / rows if rows else 0.0,
+        throughput=rows / stats["wall_seconds"] if stats.get("wall_seconds") else None,
+        distributions=distributions(summary),
+        plots=write_plots(output_dir, summary),
+        examples=sample_examples(output_dir, config["publish"]["card_examples"]),
+        schema=schema_rows(features) if features else [],
     )
-    return "\n".join([
-        "---", data.to_yaml(), "---",
-        "# Re-captioned images (LAION-COCO method)",
-        "",
-        "Each image got candidate captions sampled by a BLIP captioner, ranked by CLIP, re-ranked by a second",
-        "CLIP model and repaired by a text model; `top_caption` is the result. Every source row is here, with",
-        "a `status` telling whether it was captioned.",
-        "",
-        "## Run statistics",
-        "```", format_stats(stats), "```",
-        "",
-        "## Configuration",
-        "```yaml", yaml.safe_dump(config, sort_keys=False).rstrip(), "```",
-        "",
-    ])
 
 
 def write_card(output_dir: Path, config: dict, stats: dict) -> None:
-    (Path(output_dir) / "README.md").write_text(render_card(config, stats))
+    """Write `output_dir/README.md` (and `output_dir/plots/`); `config` is `BuildConfig.to_dict()`, `stats`
+    `merge_stats(...)`'s dict."""
+    DatasetCard(render_card(output_dir, config, stats)).save(Path(output_dir) / "README.md")

@@ -1,0 +1,38 @@
+"""The schema table of the card: each output column with its type and what it means (DESIGN §3)."""
+
+from __future__ import annotations
+
+from datasets import Features, Image, List, Value
+
+MEANINGS = {
+    "URL": "source URL of the image",
+    "TEXT": "the source's alt-text",
+    "image": "the image bytes the source embedded (nothing was downloaded for these rows)",
+    "top_caption": "the chosen caption after repair; null unless `status` is `ok`",
+    "top_caption_raw": "the chosen caption before repair",
+    "all_captions": "the candidates kept by the first ranker, best first",
+    "all_similarities": "their first-ranker cosine similarities to the image",
+    "rerank_similarities": "second-ranker cosine similarities, same order as `all_captions`",
+    "status": "`ok`, or why the row has no caption: `invalid_url`, `blocked`, `opted_out`, `fetch_error`, "
+              "`decode_error`, `no_caption`",
+    "error": "short reason when `status` is not `ok`, else null",
+    "image_width": "width of the image actually decoded",
+    "image_height": "height of the image actually decoded",
+}
+PASSED_THROUGH = "passed through from the source unchanged"
+
+
+def type_name(feature) -> str:
+    """A short type name: `string`, `int32`, `list<float64>`, `image`."""
+    if isinstance(feature, Value):
+        return feature.dtype
+    if isinstance(feature, List):
+        return f"list<{type_name(feature.feature)}>"
+    if isinstance(feature, Image):
+        return "image"
+    return type(feature).__name__
+
+
+def schema_rows(features: Features) -> list[tuple[str, str, str]]:
+    """(column, type, meaning) for every column, in the output's order."""
+    return [(name, type_name(feature), MEANINGS.get(name, PASSED_THROUGH)) for name, feature in features.items()]

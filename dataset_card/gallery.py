@@ -1,0 +1,46 @@
+"""OUTPUT_DIR/gallery.html: a self-contained page for looking at sample rows by eye — each image beside its
+alt-text, its chosen caption and every candidate with both rankers' similarities.
+
+Nothing in it loads from elsewhere (thumbnails are inline JPEG data URIs, and its Content-Security-Policy
+forbids anything else), and every piece of text is HTML-escaped: captions and alt-texts are untrusted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jinja2
+
+from dataset_card.examples import sample_examples
+from dataset_card.metadata import DEFAULT_PRETTY_NAME
+from dataset_card.output_files import data_files, read_schema
+from dataset_card.thumbnails import thumbnails
+
+TEMPLATE = "gallery_template.html"
+GALLERY = "gallery.html"
+
+
+def render_gallery(output_dir: Path, config: dict) -> str:
+    count = config["publish"]["gallery_rows"]
+    embedded = "image" in read_schema(output_dir).names
+    examples = sample_examples(output_dir, count, ("image",) if embedded else ())
+    images = [example.row["image"] for example in examples] if embedded else None
+    shown = thumbnails([example.url for example in examples], images, config["fetch"])
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(TEMPLATE).render(
+        title=config["publish"]["pretty_name"] or DEFAULT_PRETTY_NAME,
+        examples=examples,
+        rows=list(zip(examples, shown, strict=True)),
+    )
+
+
+def write_gallery(output_dir: Path, config: dict) -> Path | None:
+    """Write the gallery of `config["publish"]["gallery_rows"]` ok rows; None (and no file) when that is 0 or
+    the output has no rows."""
+    output_dir = Path(output_dir)
+    if not config["publish"]["gallery_rows"] or not data_files(output_dir):
+        return None
+    path = output_dir / GALLERY
+    path.write_text(render_gallery(output_dir, config), encoding="utf-8")
+    return path

@@ -1,0 +1,55 @@
+"""The card's YAML header: what `load_dataset` needs to find the parquet (`configs`), what the Hub shows and
+filters on (license, task, size, source), and the features, read from the parquet schema itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import DatasetInfo, Features
+from datasets.info import DatasetInfosDict
+from huggingface_hub import DatasetCardData
+
+from builder.config import ConfigError, SourceConfig
+from builder.source import resolve_source
+from dataset_card.output_files import read_schema
+
+DEFAULT_PRETTY_NAME = "Re-captioned images (LAION-COCO method)"
+DATA_FILES = "data/train-*"
+# The Hub's size_categories values: (upper bound, label), the last one open-ended.
+SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+                   (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"),
+                   (1_000_000_000_000, "100B<n<1T"), (None, "n>1T")]
+
+
+def size_category(rows: int) -> str:
+    return next(label for bound, label in SIZE_CATEGORIES if bound is None or rows < bound)
+
+
+def source_hub_id(config: dict) -> str | None:
+    """The source's Hub dataset id, when the rows came from the Hub (not a local file or the bundled sample)."""
+    try:
+        return resolve_source(SourceConfig(**config["source"])).hub_id
+    except (ConfigError, ValueError):  # a local source that has since moved: not a Hub id either way
+        return None
+
+
+def output_features(output_dir: Path) -> Features:
+    """The features `datasets` will load, from the parquet schema (and the feature types stored in it)."""
+    return Features.from_arrow_schema(read_schema(output_dir))
+
+
+def card_data(config: dict, rows: int, features: Features | None) -> DatasetCardData:
+    """The YAML header for an output of `rows` rows with `features` (None: no parquet, no `dataset_info`)."""
+    source = source_hub_id(config)
+    data = DatasetCardData(
+        license=config["publish"]["license"],
+        pretty_name=config["publish"]["pretty_name"] or DEFAULT_PRETTY_NAME,
+        task_categories=["image-to-text"],
+        size_categories=[size_category(rows)],
+        source_datasets=[source] if source else None,
+        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILES}]}],
+    )
+    if features is not None:
+        DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)
+    return data

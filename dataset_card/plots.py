@@ -1,0 +1,49 @@
+"""The card's histograms as PNG files under OUTPUT_DIR/plots/ (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: never look for a display, even on a desktop
+
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from dataset_card.summary import CaptionSummary, Histogram  # noqa: E402
+
+PLOTS_DIR = "plots"
+
+
+def plot_histogram(histogram: Histogram, path: Path, title: str, xlabel: str) -> None:
+    """Bars of `histogram`, trimmed to the bins that hold rows."""
+    used = np.flatnonzero(histogram.counts)
+    first, last = used[0], used[-1] + 1
+    edges = histogram.edges[first:last + 1]
+    fig, ax = plt.subplots(figsize=(6, 3.2), dpi=100)
+    try:
+        ax.bar(edges[:-1], histogram.counts[first:last], width=np.diff(edges), align="edge", color="#4c72b0")
+        ax.set(title=title, xlabel=xlabel, ylabel="rows")
+        fig.tight_layout()
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
+def write_plots(output_dir: Path, summary: CaptionSummary) -> dict[str, str]:
+    """Plot what has data; returns {plot name: path relative to `output_dir`} for the card's links."""
+    wanted = {
+        "caption_words": (summary.caption_words, "Caption length (top_caption)", "words"),
+        "first_ranker": (summary.first_ranker, "First ranker: best similarity (all_similarities[0])",
+                         "cosine similarity"),
+        "second_ranker": (summary.second_ranker, "Second ranker: similarity of the chosen caption",
+                          "cosine similarity"),
+    }
+    (Path(output_dir) / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    links = {}
+    for name, (histogram, title, xlabel) in wanted.items():
+        if histogram.n:
+            links[name] = f"{PLOTS_DIR}/{name}.png"
+            plot_histogram(histogram, Path(output_dir) / links[name], title, xlabel)
+    return links

@@ -1,0 +1,77 @@
+"""Outputs the card and gallery tests read: one real tiny build of the bundled sample (embedded images), and
+a small URL-sourced output pointing at the loopback image server."""
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from datasets import Dataset, Features, Value
+
+from builder.config import parse_config
+from builder.schema import output_features
+from builder.stats import RunStats, merge_stats
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> a | b *c* [d](e)'
+
+
+@dataclass
+class Output:
+    path: Path
+    config: dict  # BuildConfig.to_dict() of the run
+    stats: dict  # merge_stats(...) of the run
+
+    def table(self, columns=None):
+        return pq.read_table(sorted((self.path / "data").glob("*.parquet")), columns=columns)
+
+
+def _config(output_dir: Path, *flags: str) -> dict:
+    return parse_config(["--output_dir", str(output_dir), *flags]).to_dict()
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory, tiny_models) -> Output:
+    """`build.py --preset tiny` on 8 rows of the bundled sample; the run writes its own card at the end."""
+    output = tmp_path_factory.mktemp("built")
+    flags = ["--preset", "tiny", "--max_samples", "8", "--cache_dir", str(Path(tiny_models.captioner).parents[1]),
+             "--license", "cc-by-4.0", "--pretty_name", "Tiny sample captions", "--card_examples", "3",
+             "--gallery_rows", "5"]
+    proc = subprocess.run([sys.executable, "build.py", "--output_dir", str(output), *flags],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return Output(output, _config(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
+
+
+def _url_row(url: str, text: str, status: str = "ok", error: str | None = None, caption: str = "a red square"):
+    ok = status == "ok"
+    return {"URL": url, "TEXT": text, "top_caption": caption if ok else None,
+            "top_caption_raw": caption if ok else None, "all_captions": [caption, "a blue circle"] if ok else None,
+            "all_similarities": [0.31, 0.12] if ok else None, "rerank_similarities": [0.27, 0.05] if ok else None,
+            "status": status, "error": error, "image_width": 64 if ok else None, "image_height": 48 if ok else None}
+
+
+@pytest.fixture
+def url_output(tmp_path, image_server) -> Output:
+    """An output whose source had no image column: its ok rows point at the loopback server, one of them at
+    a 404 (the image went away since the run), and one caption is hostile HTML."""
+    rows = [
+        _url_row(image_server.url("/img/jpeg_rgb?gallery=1"), "a red picture"),
+        _url_row(image_server.url("/img/png_rgba?gallery=2"), HOSTILE, caption=HOSTILE),
+        _url_row(image_server.url("/404?gallery=3"), "gone since"),
+        _url_row(image_server.url("/404?gallery=4"), "failed in the run", "fetch_error", "HTTP 404"),
+        _url_row("ftp://example.invalid/x.jpg", "wrong scheme", "invalid_url", "not http(s)"),
+    ]
+    features = output_features(Features({"URL": Value("string"), "TEXT": Value("string")}))
+    (tmp_path / "data").mkdir()
+    Dataset.from_list(rows, features=features).to_parquet(tmp_path / "data" / "train-00000-00000.parquet")
+    stats = RunStats()
+    stats.add({"status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
+    stats.save(tmp_path / "stats" / "rank-00000.json")
+    config = _config(tmp_path, "--allow_networks", "127.0.0.0/8", "--fetch_retries", "0", "--gallery_rows", "10",
+                     "--source", "someone/some-dataset")
+    return Output(tmp_path, config, merge_stats([tmp_path / "stats" / "rank-00000.json"]))

@@ -1,0 +1,148 @@
+"""The card of a real tiny build: YAML that round-trips and that `load_dataset` follows, and a body whose
+numbers match the parquet."""
+
+import re
+from collections import Counter
+
+import datasets
+import pytest
+import yaml
+from huggingface_hub import DatasetCard
+from PIL import Image
+
+from builder.stats import error_reason
+from dataset_card.card import markdown_text, write_card
+from dataset_card.metadata import size_category
+
+PLOTS = ("caption_words", "first_ranker", "second_ranker")
+
+
+@pytest.fixture(scope="module")
+def card(built):
+    """The card write_card makes of the build (over the one the run wrote)."""
+    write_card(built.path, built.config, built.stats)
+    return DatasetCard.load(built.path / "README.md")
+
+
+def section(card: DatasetCard, title: str) -> str:
+    return card.text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """Cells of the markdown table rows in `text`, header and rule left out (cells split on unescaped |)."""
+    rows = [re.split(r"(?<!\\)\|", line.strip()[1:-1]) for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row] for row in rows[2:]]
+
+
+def test_the_run_itself_wrote_the_full_card(built):
+    card = DatasetCard.load(built.path / "README.md")
+    assert card.data.license == "cc-by-4.0" and card.data.pretty_name == "Tiny sample captions"
+    assert "## Statistics" in card.text and (built.path / "plots" / "caption_words.png").is_file()
+
+
+def test_yaml_round_trips_with_the_fields_the_hub_and_load_dataset_read(card, built):
+    data = card.data
+    assert data.license == "cc-by-4.0"
+    assert data.pretty_name == "Tiny sample captions"
+    assert data.task_categories == ["image-to-text"]
+    assert data.size_categories == ["n<1K"]
+    assert data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert data.get("source_datasets") is None  # the bundled sample is no Hub dataset
+    parquet_features = datasets.Features.from_arrow_schema(built.table().schema)
+    assert data.dataset_info["features"] == parquet_features._to_yaml_list()
+    assert datasets.Features._from_yaml_list(data.dataset_info["features"]) == parquet_features
+
+
+def test_load_dataset_still_reads_the_output(card, built, tmp_path):
+    loaded = datasets.load_dataset(str(built.path), split="train", cache_dir=str(tmp_path))
+    assert loaded.num_rows == built.table().num_rows == 8
+    assert loaded.features == datasets.Features.from_arrow_schema(built.table().schema)
+    assert loaded[0]["image"].size[0] > 0  # the Image feature from the card's dataset_info decodes
+
+
+def test_status_counts_and_ok_rate_match_the_parquet(card, built):
+    statuses = Counter(built.table(["status"])["status"].to_pylist())
+    stats = section(card, "Statistics")
+    assert f"rows: **{sum(statuses.values())}**, captioned (`ok`): **{statuses['ok']}**" in stats
+    shown = {status.strip("`"): int(count) for status, count, _ in table_rows(stats.split("\n\n**")[0])}
+    assert shown == dict(statuses)
+    assert f"({statuses['ok'] / sum(statuses.values()):.1%})" in stats
+    throughput = built.stats["rows"] / built.stats["wall_seconds"]
+    assert f"throughput: {throughput:.2f} rows/s" in stats
+
+
+def test_distributions_match_the_parquet_and_their_plots_are_linked_pngs(card, built):
+    ok = [row for row in built.table(["status", "top_caption", "all_similarities"]).to_pylist()
+          if row["status"] == "ok"]
+    words = [len(row["top_caption"].split()) for row in ok]
+    firsts = [row["all_similarities"][0] for row in ok]
+    stats = section(card, "Statistics")
+    median, mean = sorted(words)[len(words) // 2], sum(words) / len(words)  # median: the bin holding the middle row
+    assert (f"**Caption length in words** ({len(ok)} ok rows): min {min(words):.4g}, median {median:.4g}, "
+            f"mean {mean:.4g}, max {max(words):.4g}\n") in stats
+    assert f"({len(ok)} ok rows): min {min(firsts):.4f}" in stats and f"max {max(firsts):.4f}" in stats
+    for name in PLOTS:
+        assert f"](plots/{name}.png)" in stats
+        with Image.open(built.path / "plots" / f"{name}.png") as png:
+            assert png.format == "PNG" and png.size[0] > 100
+            png.verify()
+
+
+def test_examples_are_real_rows_alt_text_beside_their_caption(card, built):
+    ok = [row for row in built.table(["status", "TEXT", "top_caption", "all_similarities"]).to_pylist()
+          if row["status"] == "ok"]
+    shown = table_rows(section(card, "Examples"))
+    assert len(shown) == built.config["publish"]["card_examples"] == 3
+    real = {(markdown_text(row["TEXT"]), markdown_text(row["top_caption"])): row for row in ok}
+    assert all((text, caption) in real for text, caption, _, _ in shown)
+    assert (shown[0][0], shown[-1][0]) == (markdown_text(ok[0]["TEXT"]), markdown_text(ok[-1]["TEXT"]))  # spread
+
+
+def test_method_names_models_recipe_seed_and_the_full_config(card, built):
+    method = section(card, "Method")
+    for role, key in (("captioner", ("caption", "captioner")), ("first ranker", ("rank", "ranker")),
+                      ("second ranker", ("rerank", "reranker")), ("repairer", ("repair", "repairer"))):
+        assert f"| {role} | `{built.config[key[0]][key[1]]}` | — | not recorded |" in method  # local tiny models
+    assert "| `top_p` | `0.2427084604681384` |" in method and "| `caption_prompt` | `'a picture of '` |" in method
+    assert f"the seed (`{built.config['caption']['seed']}`)" in method
+    block = section(card, "Configuration").split("```yaml\n", 1)[1].split("\n```", 1)[0]
+    assert yaml.safe_load(block) == built.config
+    assert "--preset tiny" in card.text  # the noise warning
+
+
+def test_schema_lists_every_column_with_its_type(card, built):
+    shown = {column.strip("`"): kind for column, kind, _ in table_rows(section(card, "Schema"))}
+    assert list(shown) == built.table().schema.names
+    assert shown["all_similarities"] == "list<float64>" and shown["image"] == "image"
+
+
+def test_error_reasons_counted_and_untrusted_text_inert(url_output):
+    write_card(url_output.path, url_output.config, url_output.stats)
+    card = DatasetCard.load(url_output.path / "README.md")
+    assert card.data.source_datasets == ["someone/some-dataset"]
+    table = url_output.table(["status", "error"]).to_pylist()
+    reasons = Counter(f"{row['status']}: {error_reason(row['error'])}" for row in table if row["error"])
+    errors_table = "| error |" + section(card, "Statistics").split("| error |")[1]
+    shown = {reason: int(count) for reason, count in table_rows(errors_table)}
+    assert shown == {markdown_text(reason): count for reason, count in reasons.items()}
+    assert "<script>" not in card.text and "<img" not in card.text
+
+
+def test_markdown_text_cannot_break_a_table_or_inject_html():
+    cell = markdown_text("<b>x</b> | y\n*z* [a](b)")
+    assert "<" not in cell and re.search(r"(?<!\\)\|", cell) is None and "\n" not in cell
+    assert cell == r"&lt;b&gt;x&lt;/b&gt; \| y \*z\* \[a\](b)"
+
+
+@pytest.mark.parametrize("rows, category", [(0, "n<1K"), (999, "n<1K"), (1_000, "1K<n<10K"),
+                                            (600_000_000, "100M<n<1B"), (10**13, "n>1T")])
+def test_size_category(rows, category):
+    assert size_category(rows) == category
+
+
+def test_an_output_without_rows_still_gets_a_card(built, tmp_path):
+    stats = {"rows": 0, "statuses": {}, "errors": {}, "stage_seconds": {}, "reused_rows": 0, "wall_seconds": 0.0}
+    write_card(tmp_path, built.config, stats)
+    card = DatasetCard.load(tmp_path / "README.md")
+    assert card.data.configs[0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
+    assert card.data.get("dataset_info") is None and "rows: **0**" in card.text
