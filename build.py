@@ -10,6 +10,7 @@ import logging
 import sys
 
 from builder.config import ConfigError, parse_config
+from builder.hub import check_can_push
 from builder.source import check_source
 
 
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
         source = check_source(cfg.source)
+        if cfg.publish.push_to_hub:
+            check_can_push(cfg.publish.push_to_hub)  # before hours of work, not after
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -24,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
+    from builder.hub import PushError
     from builder.interrupt import RunInterrupted
     from builder.run import build
+    from builder.validate import ViewerCheckError
 
     # cpu=True on GPU-less machines makes torchrun's processes one gloo group; otherwise each would think
     # it is alone and read every row.
@@ -41,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as stop:
         print(f"interrupted: {stop}", file=sys.stderr)
         return stop.exit_code
+    except (ViewerCheckError, PushError) as err:  # the output is complete on disk; only publishing failed
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from accelerate import PartialState
 
 from builder.config import BuildConfig, save_config
+from builder.hub import push_output
 from builder.interrupt import RunInterrupted, stop_on_signals
 from builder.prefetch import prefetch, rows_of
 from builder.progress import RankProgress
@@ -24,8 +25,10 @@ from builder.reuse import ResultReuse
 from builder.schema import OUTPUT_COLUMNS, output_features
 from builder.source import ResolvedSource, open_stream
 from builder.stats import RunStats, format_stats, merge_stats
+from builder.validate import check_viewer_ready
 from builder.writer import ChunkWriter, remove_leftovers
 from dataset_card.card import write_card
+from dataset_card.gallery import write_gallery
 from map_fns.status import FETCH_ERROR
 
 logger = logging.getLogger(__name__)
@@ -121,7 +124,11 @@ def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict
     merged = merge_stats(sorted((output_dir / "stats").glob("rank-*.json")))
     save_config(cfg, output_dir / "build_config.yaml")
     write_card(output_dir, cfg.to_dict(), merged)
+    write_gallery(output_dir, cfg.to_dict())
     logger.info("done: %s\n%s", output_dir, format_stats(merged))
+    if cfg.publish.push_to_hub:
+        check_viewer_ready(output_dir)
+        push_output(output_dir, cfg.publish.push_to_hub, private=cfg.publish.private, revision=cfg.publish.revision)
     return merged
 
 
@@ -144,6 +151,8 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
         stats.active_seconds = earlier_seconds + time.monotonic() - started
         record.chunks, record.rows, record.stats = record.chunks + 1, record.rows + chunk.num_rows, stats.to_dict()
         save_record(output_dir, rank, record)
+        if state.is_main_process and cfg.publish.push_every and record.chunks % cfg.publish.push_every == 0:
+            push_finished_chunks(cfg)
 
     writer = ChunkWriter(output_dir, rank, output_features(source_features), cfg.run.rows_per_chunk,
                          first_chunk=record.chunks, on_chunk=chunk_written)
@@ -164,6 +173,17 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
     record.done = True
     save_record(output_dir, rank, record)
     logger.info("rank %d wrote %d chunks", rank, record.chunks)
+
+
+def push_finished_chunks(cfg: BuildConfig) -> None:
+    """--push_every: every process's chunks on disk so far go to the Hub while the run goes on. A chunk not yet
+    recorded may go too: a resumed run rewrites it with the same rows. A failure only warns; the final push
+    sends whatever is missing."""
+    try:
+        push_output(Path(cfg.run.output_dir), cfg.publish.push_to_hub, private=cfg.publish.private,
+                    revision=cfg.publish.revision, final=False)
+    except Exception as err:  # a network hiccup must not stop hours of captioning
+        logger.warning("pushing finished chunks failed, the run goes on (the final push retries): %s", err)
 
 
 def skip_rows(parts: list, count: int) -> list:

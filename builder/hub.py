@@ -1,0 +1,84 @@
+"""Publishing OUTPUT_DIR as a Hub dataset repo: data first, the card last, resumable.
+
+The card goes in its own, last commit so that a repo never shows a card whose data is not there yet. Each
+commit is atomic on the Hub, and the client sends only what the Hub lacks (files whose remote oid matches are
+dropped from the commit; LFS objects already stored are not uploaded again), so re-running an interrupted
+push picks up where it stopped and re-pushing an unchanged folder changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+
+from huggingface_hub import CommitOperationAdd, HfApi, get_token
+
+from builder.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+DATA_PATTERNS = ("data/train-*.parquet",)  # finished chunks only: never `.train-*.tmp`, never progress/
+FINAL_PATTERNS = ("build_config.yaml", "stats/*", "plots/*.png", "gallery.html")
+CARD = "README.md"
+
+
+class PushError(RuntimeError):
+    """A push that stopped part-way; its message names the repo and says that re-running resumes it."""
+
+
+def check_can_push(repo_id: str) -> None:
+    """Fail before any work when no token is available, instead of after hours of captioning."""
+    if not get_token():
+        raise ConfigError(f"--push_to_hub {repo_id} needs a Hub token: set HF_TOKEN or run `hf auth login`")
+
+
+def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                final: bool = True) -> None:
+    """Upload the finished chunks of `output_dir` to the dataset repo `repo_id` (created if missing) on branch
+    `revision` (created if missing; default main). With `final`, also the config, stats, plots and gallery,
+    then README.md in a commit of its own; without it (pushing chunks during a run), the data only."""
+    output_dir = Path(output_dir)
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+        patterns = DATA_PATTERNS + FINAL_PATTERNS if final else DATA_PATTERNS
+        _commit(api, output_dir, patterns, repo_id, revision, "Add data files" if final else "Add finished chunks")
+        if final:
+            _commit(api, output_dir, (CARD,), repo_id, revision, "Update dataset card")
+    except Exception as err:
+        raise PushError(f"pushing {output_dir} to the Hub dataset {repo_id}@{revision or 'main'} failed: "
+                        f"{_reason(err)} -- re-run the same command to resume: files already on the Hub are not "
+                        "sent again.") from err
+
+
+def _commit(api: HfApi, output_dir: Path, patterns: tuple[str, ...], repo_id: str, revision: str | None,
+            message: str) -> None:
+    """One commit of the files matching `patterns`; files the Hub already has are left out by the client."""
+    paths = sorted({path.relative_to(output_dir).as_posix()
+                    for pattern in patterns for path in output_dir.glob(pattern) if path.is_file()})
+    if not paths:
+        return
+    size_mb = sum((output_dir / path).stat().st_size for path in paths) / 2**20
+    log.info("pushing %d files (%.1f MB: %s) to %s@%s; files the Hub already has are skipped",
+             len(paths), size_mb, _summary(paths), repo_id, revision or "main")
+    info = api.create_commit(repo_id, [CommitOperationAdd(path, output_dir / path) for path in paths],
+                             commit_message=message, repo_type="dataset", revision=revision)
+    log.info("%s@%s is at commit %s", repo_id, revision or "main", info.oid)
+
+
+def _summary(paths: list[str]) -> str:
+    """'3 in data/, build_config.yaml': what a commit holds, short enough for one log line."""
+    counts = Counter(path.split("/")[0] + "/" if "/" in path else path for path in paths)
+    return ", ".join(f"{count} in {name}" if name.endswith("/") else name for name, count in counts.items())
+
+
+def _reason(err: BaseException) -> str:
+    """The error and what caused it ('Error while uploading X' says what, its cause says why), on one line."""
+    causes = [err]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    messages = dict.fromkeys(" ".join(str(cause).split()) or type(cause).__name__ for cause in causes)
+    return " <- ".join(messages)  # a library re-raising with the same words says it once
