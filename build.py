@@ -6,11 +6,12 @@ Flags and YAML keys: `python build.py --help`. Everything cheap is checked befor
 bad flag fails at once with one line.
 """
 
-import logging
 import sys
 
+from builder.cli import failed
 from builder.config import ConfigError, parse_config
-from builder.hub import check_can_push
+from builder.hub import PushError, check_can_push
+from builder.interrupt import RunInterrupted
 from builder.source import check_source
 
 
@@ -21,34 +22,16 @@ def main(argv: list[str] | None = None) -> int:
         if cfg.publish.push_to_hub:
             check_can_push(cfg.publish.push_to_hub)  # before hours of work, not after
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return failed(err)
 
-    import torch
-    from accelerate import PartialState
-
-    from builder.hub import PushError
-    from builder.interrupt import RunInterrupted
-    from builder.run import build
+    from builder.run import build, join_processes
     from builder.validate import ViewerCheckError
 
-    # cpu=True on GPU-less machines makes torchrun's processes one gloo group; otherwise each would think
-    # it is alone and read every row.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    logging.basicConfig(format=f"%(asctime)s rank{state.process_index} %(name)s: %(message)s")
-    for package in ("builder", "map_fns"):
-        logging.getLogger(package).setLevel(logging.INFO)
+    state = join_processes()
     try:
         build(cfg, source, state)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except RunInterrupted as stop:
-        print(f"interrupted: {stop}", file=sys.stderr)
-        return stop.exit_code
-    except (ViewerCheckError, PushError) as err:  # the output is complete on disk; only publishing failed
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (ConfigError, RunInterrupted, ViewerCheckError, PushError) as err:  # on publishing errors the
+        return failed(err)  # output is complete on disk: the same command finishes the push
     return 0
 
 

@@ -40,6 +40,20 @@ TINY_WARNING = (
 )
 
 
+def join_processes() -> PartialState:
+    """This process's place among the ones `accelerate launch` (or torchrun) started, with log lines that
+    say which process wrote them."""
+    import torch
+
+    # cpu=True on GPU-less machines makes torchrun's processes one gloo group; otherwise each would think
+    # it is alone and read every row.
+    state = PartialState(cpu=not torch.cuda.is_available())
+    logging.basicConfig(format=f"%(asctime)s rank{state.process_index} %(name)s: %(message)s")
+    for package in ("builder", "map_fns"):
+        logging.getLogger(package).setLevel(logging.INFO)
+    return state
+
+
 def captioned(rows, cfg: BuildConfig, device, stats: RunStats):
     """`rows` through every stage. Fetching runs ahead in a background thread (bounded by
     `--prefetch_batches`) so downloads overlap the model stages; each stage loads its model once and adds
