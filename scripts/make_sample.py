@@ -172,7 +172,8 @@ LICENSE_TAIL = """
 
 ## The compilation
 
-The compilation of this sample (selection, alt-texts, the parquet file itself)
+The compilation of this sample (selection, alt-texts, the parquet file itself,
+and the MS-COCO-style reference captions in `references.jsonl`, written for it)
 is released under CC0 1.0 (https://creativecommons.org/publicdomain/zero/1.0/).
 The images keep their own licences above; the CC-BY-2.0 rows require
 attribution as given in their `credit` column.
