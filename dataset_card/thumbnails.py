@@ -19,21 +19,22 @@ THUMBNAIL_SIDE = 256  # longest side, in pixels
 JPEG_QUALITY = 80
 
 
-def data_uri(image: Image.Image) -> str:
-    """`image` shrunk to fit THUMBNAIL_SIDE, as a base64 JPEG data URI."""
+def data_uri(image: Image.Image, side: int = THUMBNAIL_SIDE) -> str:
+    """`image` shrunk to fit `side` x `side` pixels, as a base64 JPEG data URI."""
     small = image.convert("RGB")
-    small.thumbnail((THUMBNAIL_SIDE, THUMBNAIL_SIDE))
+    small.thumbnail((side, side))
     buffer = io.BytesIO()
     small.save(buffer, "JPEG", quality=JPEG_QUALITY)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def thumbnails(urls: list[str | None], images: list | None, fetch: dict) -> list[tuple[str | None, str | None]]:
+def thumbnails(urls: list[str | None], images: list | None, fetch: dict,
+               side: int = THUMBNAIL_SIDE) -> list[tuple[str | None, str | None]]:
     """(data URI or None, why not) per row; `images` is the rows' `image` cells (None: the output has none),
-    `fetch` the run's `fetch` config section."""
+    `fetch` the run's `fetch` config section, `side` the longest side of a thumbnail in pixels."""
     if not urls:
         return []
     batch = {"URL": urls, **({"image": images} if images is not None else {})}
     fetched = make_fetch_fn(FetchConfig(**fetch))(batch)
-    return [(data_uri(image), None) if status == OK else (None, f"{status}: {error}")
+    return [(data_uri(image, side), None) if status == OK else (None, f"{status}: {error}")
             for status, error, image in zip(fetched["status"], fetched["error"], fetched["_image"], strict=True)]

@@ -1,0 +1,396 @@
+"""`python -m builder.human_eval`: the real server in a subprocess on loopback, rated over HTTP, killed with
+SIGKILL and restarted on the same database; items chosen from a real output-like folder; the report's
+numbers against ones computed by hand."""
+
+import base64
+import html
+import io
+import os
+import re
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+import markupsafe
+import pytest
+from PIL import Image
+
+from builder.human_eval.__main__ import main
+from builder.human_eval.items import DISPLAY_SIDE, EvalSettings, choose_items, pick_rows, prepare_items
+from builder.human_eval.store import HUMAN, MACHINE, Item, RatingStore
+from map_fns.fetch import FetchConfig
+
+REPO = Path(__file__).resolve().parents[2]
+HOSTILE = '<script>document.title="pwned"</script> & <b>bold</b>'
+CARD = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: "data/train-*"
+---
+"""
+ROWS = [  # (TEXT, top_caption, status, image size); rows 2, 3 and 4 are not usable
+    ("a red square on a wall", "a red square", "ok", (40, 30)),
+    (HOSTILE, "a green field", "ok", (900, 600)),
+    ("never captioned", None, "fetch_error", (40, 30)),
+    ("   ", "a blue sky", "ok", (40, 30)),
+    (None, "a yellow sun", "ok", (40, 30)),
+    ("two cats", "two cats on a sofa", "ok", (40, 30)),
+    ("a bowl of soup", "a bowl of hot soup", "ok", (40, 30)),
+    ("kids at the beach", "children playing on a beach", "ok", (40, 30)),
+    ("an old bike", "a rusty bicycle", "ok", (40, 30)),
+]
+USABLE = [0, 1, 5, 6, 7, 8]
+FEATURES = datasets.Features({"URL": datasets.Value("string"), "TEXT": datasets.Value("string"),
+                              "top_caption": datasets.Value("string"), "status": datasets.Value("string"),
+                              "image": datasets.Image()})
+ITEM_FIELD = re.compile(r'name="item" value="([^"]+)"')
+CAPTION = re.compile(r'<p class="caption">(.*?)</p>', re.S)
+PICTURE = re.compile(r'src="(data:image/jpeg;base64,[^"]+)"')
+PROGRESS = re.compile(r'<p class="progress">(.*?)</p>')
+
+
+def _png(index: int, size: tuple[int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (index * 25, 255 - index * 25, 90)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _write_output(folder: Path, rows: list[dict]) -> Path:
+    """A folder `load_dataset(folder, split="train")` reads as a build output: data/train-*.parquet and a card."""
+    (folder / "data").mkdir(parents=True)
+    features = datasets.Features({name: FEATURES[name] for name in rows[0]})
+    datasets.Dataset.from_list(rows, features=features).to_parquet(folder / "data" / "train-00000-00000.parquet")
+    (folder / "README.md").write_text(CARD)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def output(tmp_path_factory) -> Path:
+    """Nine rows with embedded PNGs: six usable, one not ok, one blank and one null human caption."""
+    rows = [{"URL": f"http://example.invalid/{i}.png", "TEXT": text, "top_caption": caption, "status": status,
+             "image": {"bytes": _png(i, size), "path": None}} for i, (text, caption, status, size) in enumerate(ROWS)]
+    return _write_output(tmp_path_factory.mktemp("he-output"), rows)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("hf-datasets-cache"))}
+
+
+@pytest.fixture
+def own_cache(monkeypatch, tmp_path):
+    """In-process `load_dataset` calls cache under tmp_path, not the user's cache."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
+
+
+# ---- talking to the server ----
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args):
+        return None  # the test sees the 303 itself
+
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)  # loopback: never a proxy
+
+
+@dataclass
+class RatePage:
+    html: str
+    item_id: str | None  # None: the "all done" page
+    caption: str | None
+    progress: str | None
+
+
+@dataclass
+class Server:
+    base: str
+    proc: subprocess.Popen
+
+    def request(self, path: str, form: dict | None = None) -> tuple[int, str, dict]:
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        try:
+            with OPENER.open(self.base + path, data=data, timeout=10) as response:
+                return response.status, response.read().decode(), dict(response.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(), dict(err.headers)
+
+    def rate_page(self, rater: str) -> RatePage:
+        status, text, _ = self.request("/rate?" + urllib.parse.urlencode({"rater": rater}))
+        assert status == 200, text
+        item, caption, progress = ITEM_FIELD.search(text), CAPTION.search(text), PROGRESS.search(text)
+        return RatePage(text, item and item[1], caption and html.unescape(caption[1]), progress and progress[1])
+
+    def answer(self, rater: str, item: str, rating: str = "3", guess: str = HUMAN) -> tuple[int, str, dict]:
+        return self.request("/answer", {"rater": rater, "item": item, "rating": rating, "guess": guess})
+
+
+def _wait_for_url(proc: subprocess.Popen, log: Path, seconds: float = 45) -> str:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if select.select([proc.stdout], [], [], 0.2)[0]:
+            line = proc.stdout.readline()
+            if line.startswith("serving on "):
+                return line.split()[-1]
+            if not line:  # the server exited
+                break
+    raise AssertionError(f"no 'serving on' line (exit code {proc.poll()}): {log.read_text()[-3000:]}")
+
+
+@contextmanager
+def serving(env: dict, log: Path, *flags: str) -> Iterator[Server]:
+    """`python -m builder.human_eval serve *flags --port 0`, killed at the end whatever happens."""
+    with open(log, "a") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "builder.human_eval", "serve", *flags, "--port", "0"],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        yield Server(_wait_for_url(proc, log), proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+
+
+def _db_items(db: Path) -> dict[str, tuple[int, str, str, str]]:
+    """item id -> (row, kind, caption, picture), read with sqlite3 directly."""
+    with sqlite3.connect(db) as connection:
+        return {item_id: rest for item_id, *rest in
+                connection.execute("SELECT item_id, row_index, kind, caption, thumbnail FROM items")}
+
+
+def _answer_count(db: Path) -> int:
+    with sqlite3.connect(db) as connection:
+        return connection.execute("SELECT count(*) FROM answers").fetchone()[0]
+
+
+def _blinded(page: RatePage, picture: str) -> str:
+    """The page with what differs between items taken out: its id, caption, picture and progress line."""
+    text = page.html.replace(page.item_id, "ITEM").replace(picture, "PICTURE").replace(page.progress, "PROGRESS")
+    return text.replace(str(markupsafe.escape(page.caption)), "CAPTION")  # escaped as the templates do
+
+
+# ---- the tests ----
+
+@pytest.mark.timeout(90)
+def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
+    db, log = tmp_path / "ratings.sqlite", tmp_path / "serve.log"
+    flags = ("--dataset", str(output), "--db", str(db), "--items", "10")
+    with serving(env, log, *flags) as server:
+        assert server.request("/healthz")[:2] == (200, "ok")
+        status, start, _ = server.request("/")
+        assert status == 200 and 'name="rater"' in start
+        items = _db_items(db)
+        assert len(items) == 12 and sorted(row for row, *_ in items.values()) == sorted(USABLE * 2)
+        for row, kind, caption, picture in items.values():
+            text, top_caption, _, size = ROWS[row]
+            assert caption == (text if kind == HUMAN else top_caption)
+            shown = Image.open(io.BytesIO(base64.b64decode(picture.split(",", 1)[1])))
+            assert shown.format == "JPEG" and max(shown.size) == min(max(size), DISPLAY_SIDE)
+
+        seen, pages = [], []
+        for rated in range(5):
+            page = server.rate_page("alice")
+            assert page.progress == f"alice: {rated} of 12 rated" and page.item_id not in seen
+            pages.append(page)
+            status, _, headers = server.answer("alice", page.item_id, str(rated), HUMAN if rated % 2 else MACHINE)
+            assert status == 303 and headers["Location"] == "/rate?rater=alice"
+            seen.append(page.item_id)
+        next_item = server.rate_page("alice").item_id
+
+        first = seen[0]
+        refused = [({"rating": rating}, repr(rating)) for rating in ("6", "-1", "abc", "", "2.5")] + [
+            ({"guess": "robot"}, "'robot'"), ({"item": "no-such-item"}, "'no-such-item'"),
+            ({"rater": " "}, "rater id"), ({"rater": "x" * 101}, "101")]
+        for change, named in refused:
+            status, text, _ = server.request("/answer", {"rater": "alice", "item": next_item, "rating": "4",
+                                                         "guess": HUMAN, **change})
+            assert status == 400 and named in text and text.count("\n") == 1, (change, text)
+        assert server.request("/rate")[0] == 400
+        status, text, _ = server.answer("alice", first, "5")
+        assert status == 409 and repr(first) in text
+        assert _answer_count(db) == 5
+
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=10)
+
+    with serving(env, log, *flags) as server:
+        page = server.rate_page("alice")
+        assert page.item_id == next_item and page.progress == "alice: 5 of 12 rated"
+        assert main(["report", str(db)]) == 0
+        assert "answers per rater: alice 5" in capsys.readouterr().out
+        with sqlite3.connect(db) as connection:
+            assert [rating for rating, in connection.execute("SELECT rating FROM answers WHERE rater = 'alice' "
+                                                            "ORDER BY answered_at")] == [0, 1, 2, 3, 4]
+
+        while page.item_id is not None:
+            pages.append(page)
+            assert server.answer("alice", page.item_id)[0] == 303
+            seen.append(page.item_id)
+            page = server.rate_page("alice")
+        assert "All done" in page.html and sorted(seen) == sorted(items)
+        assert all(page.caption == items[page.item_id][2] for page in pages)
+        # Nothing but the caption and the picture tells one item, human or machine, from another...
+        assert len({_blinded(page, items[page.item_id][3]) for page in pages}) == 1
+        # ...and the hostile caption came out as text.
+        assert sum(str(markupsafe.escape(HOSTILE)) in page.html for page in pages) == 1
+        assert not any(HOSTILE in page.html or "<script" in page.html for page in pages)
+        bob = []
+        while (page := server.rate_page("bob")).item_id is not None:
+            assert server.answer("bob", page.item_id)[0] == 303
+            bob.append(page.item_id)
+        assert sorted(bob) == sorted(seen) and bob != seen  # every item once, in an order of bob's own
+
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=10) == 0
+    assert _answer_count(db) == 24
+
+
+def test_changed_settings_are_refused(output, tmp_path, own_cache, capsys):
+    db = tmp_path / "ratings.sqlite"
+    store = RatingStore(db)
+    prepare_items(store, EvalSettings(str(output), "TEXT", 0, 4), asdict(FetchConfig()))
+    store.close()
+    assert sorted({row for row, *_ in _db_items(db).values()}) == pick_rows(USABLE, 4, 0)
+    for flag, value in (("--seed", "1"), ("--items", "5"), ("--human_column", "top_caption"),
+                        ("--dataset", str(tmp_path.resolve()))):
+        settings = {"--dataset": str(output), "--seed": "0", "--items": "4", "--human_column": "TEXT", flag: value}
+        argv = ["serve", "--db", str(db), *(part for pair in settings.items() for part in pair)]
+        assert main(argv) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("error: ") and f"was made with {flag} " in error and repr(value) in error
+
+
+@pytest.mark.parametrize(("human_column", "rows", "named"), [
+    ("alt_text", None, "'alt_text'"),
+    ("TEXT", [{"URL": "http://example.invalid/x.png", "TEXT": "x", "top_caption": None, "status": "fetch_error"}],
+     "no row"),
+    ("TEXT", [{"TEXT": "x", "top_caption": "y", "status": "ok"}], "neither an 'image' nor a 'URL'"),
+])
+def test_unusable_dataset_fails_with_one_line(output, tmp_path, own_cache, capsys, human_column, rows, named):
+    dataset = _write_output(tmp_path / "output", rows) if rows else output
+    argv = ["serve", "--dataset", str(dataset), "--db", str(tmp_path / "r.sqlite"), "--human_column", human_column]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and named in error
+    assert _db_items(tmp_path / "r.sqlite") == {}  # nothing half-made
+
+
+def test_unreadable_dataset_is_named(tmp_path, own_cache, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["serve", "--dataset", str(tmp_path / "empty"), "--db", str(tmp_path / "r.sqlite")]) == 2
+    assert f"cannot read the dataset {str(tmp_path / 'empty')!r}" in capsys.readouterr().err
+
+
+def test_url_rows_are_fetched_and_unfetchable_ones_skipped(image_server, tmp_path, own_cache, caplog):
+    paths = ["/img/jpeg_rgb?he=1", "/404?he=2", "/img/png_rgb?he=3"]
+    rows = [{"URL": image_server.url(path), "TEXT": f"human {i}", "top_caption": f"machine {i}", "status": "ok"}
+            for i, path in enumerate(paths)]
+    fetch = asdict(FetchConfig(allow_networks="127.0.0.0/8", fetch_retries=0))
+    items = choose_items(EvalSettings(str(_write_output(tmp_path / "output", rows)), "TEXT", 0, 10), fetch)
+    assert sorted((item.row_index, item.kind, item.caption) for item in items) == [
+        (0, HUMAN, "human 0"), (0, MACHINE, "machine 0"), (2, HUMAN, "human 2"), (2, MACHINE, "machine 2")]
+    assert all(image_server.count(path) == 1 for path in paths)
+    assert "skipped 1 of 3 picked rows" in caplog.text and "404" in caplog.text
+    assert len({item.item_id for item in items}) == 4
+
+
+def test_human_captions_can_come_from_references_by_url(output, tmp_path, own_cache):
+    references = tmp_path / "coco.jsonl"
+    references.write_text('{"url": "http://example.invalid/0.png", "captions": ["ref zero a", "ref zero b"]}\n'
+                          '{"url": "http://example.invalid/6.png", "captions": ["ref six"]}\n'
+                          '{"url": "http://example.invalid/2.png", "captions": ["a row that is not ok"]}\n')
+    settings = EvalSettings(str(output), "TEXT", 0, 10, str(references))
+    items = choose_items(settings, asdict(FetchConfig()))
+    assert sorted((item.row_index, item.kind) for item in items) == [(0, HUMAN), (0, MACHINE), (6, HUMAN), (6, MACHINE)]
+    human = {item.row_index: item.caption for item in items if item.kind == HUMAN}
+    assert human[0] in ("ref zero a", "ref zero b") and human[6] == "ref six"
+    assert {item.caption for item in choose_items(settings, asdict(FetchConfig())) if item.row_index == 0
+            and item.kind == HUMAN} == {human[0]}  # the seed picks the same reference every time
+    assert settings.as_meta()["references"] == str(references.resolve())
+
+
+def test_rows_are_spread_evenly_and_seeded():
+    rows = list(range(10, 40))
+    picked = pick_rows(rows, 3, seed=7)
+    assert [row // 10 for row in picked] == [1, 2, 3]  # one from each third
+    assert pick_rows(rows, 3, seed=7) == picked
+    assert {tuple(pick_rows(rows, 3, seed)) for seed in range(5)} != {tuple(picked)}
+    assert pick_rows(rows, 30, seed=7) == pick_rows(rows, 99, seed=7) == rows
+
+
+# ---- the report ----
+
+def _rated_db(path: Path, answers: list[tuple[str, str, int, str]]) -> Path:
+    """A database holding one item per (rater, kind, rating, guess) and that answer to it."""
+    store = RatingStore(path)
+    items = [Item(f"item-{i}", i, None, kind, f"caption {i}", "data:image/jpeg;base64,")
+             for i, (_, kind, _, _) in enumerate(answers)]
+    store.create({"dataset": "by hand", "human_column": "TEXT", "seed": "0", "items": str(len(items))}, items)
+    for item, (rater, _, rating, guess) in zip(items, answers, strict=True):
+        assert store.add_answer(rater, item.item_id, rating, guess)
+    store.close()
+    return path
+
+
+def _table(report: str) -> dict[str, tuple[str, str, str]]:
+    cells = [line.strip("|").split("|") for line in report.splitlines() if line.startswith("| ")]
+    return {name.strip(): tuple(cell.strip() for cell in rest) for name, *rest in cells[1:]}
+
+
+def test_report_matches_hand_computed_numbers(tmp_path, capsys):
+    db = _rated_db(tmp_path / "ratings.sqlite", [
+        ("alice", HUMAN, 5, HUMAN), ("alice", HUMAN, 4, HUMAN), ("alice", MACHINE, 4, HUMAN),
+        ("alice", HUMAN, 3, MACHINE), ("bob", HUMAN, 1, MACHINE), ("bob", MACHINE, 2, MACHINE),
+        ("bob", MACHINE, 0, MACHINE)])
+    assert main(["report", str(db), "--plot", str(tmp_path / "ratings.png")]) == 0
+    report = capsys.readouterr().out
+    assert _table(report) == {
+        # human 5 4 3 1: mean 13/4, sample variance (1.75² + 0.75² + 0.25² + 2.25²) / 3 = 8.75 / 3
+        "human captions": ("4", "3.25", "1.71"),
+        "machine captions": ("3", "2.00", "2.00"),  # 4 2 0: variance (4 + 0 + 4) / 2
+        "captions believed human": ("3", "4.33", "0.58"),  # 5 4 4: variance (4/9 + 1/9 + 1/9) / 2 = 1/3
+        "captions believed machine": ("4", "1.50", "1.29"),  # 3 1 2 0: variance 5 / 3
+        "human captions, ratings 2-5": ("3", "4.00", "1.00"),  # 5 4 3
+        "machine captions, ratings 2-5": ("2", "3.00", "1.41"),  # 4 2: variance 2
+        "captions believed human, ratings 2-5": ("3", "4.33", "0.58"),
+        "captions believed machine, ratings 2-5": ("2", "2.50", "0.71"),  # 3 2: variance 1/2
+    }
+    assert "machine captions taken for human: 33.3% (1 of 3)" in report
+    assert "human captions taken for human: 50.0% (2 of 4)" in report
+    assert "answers per rater: alice 4, bob 3" in report and "sample standard deviation" in report
+    with Image.open(tmp_path / "ratings.png") as plot:
+        assert plot.format == "PNG" and plot.size == (600, 320)
+
+
+def test_report_of_too_few_answers_says_so(tmp_path, capsys):
+    db = _rated_db(tmp_path / "ratings.sqlite", [("alice", MACHINE, 1, HUMAN)])
+    assert main(["report", str(db)]) == 0
+    report = capsys.readouterr().out
+    table = _table(report)
+    assert table["machine captions"] == ("1", "1.00", "—")
+    assert table["machine captions, ratings 2-5"] == table["human captions"] == ("0", "—", "—")
+    assert "machine captions taken for human: 100.0% (1 of 1)" in report
+    assert "human captions taken for human: — (0 of 0)" in report
+
+
+def test_report_refuses_a_missing_or_empty_database(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing.sqlite")]) == 2
+    assert "error: no ratings database at" in capsys.readouterr().err
+    assert not (tmp_path / "missing.sqlite").exists()
+    RatingStore(tmp_path / "empty.sqlite").close()
+    assert main(["report", str(tmp_path / "empty.sqlite")]) == 2
+    assert "holds no answers yet" in capsys.readouterr().err
