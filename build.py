@@ -6,26 +6,40 @@ Flags and YAML keys: `python build.py --help`. Everything cheap is checked befor
 bad flag fails at once with one line.
 """
 
+import os
 import sys
 
 from builder.cli import failed
-from builder.config import ConfigError, parse_config
+from builder.config import BuildConfig, ConfigError, parse_config
 from builder.hub import PushError, check_can_push
 from builder.interrupt import RunInterrupted
-from builder.source import check_source
+from builder.source import ResolvedSource, check_source, source_rows
+from builder.validate import ViewerCheckError, chunk_files_problem
+
+
+def check_before_work(cfg: BuildConfig) -> ResolvedSource:
+    """The source, the Hub token and the output's file count: what would otherwise fail after hours of work."""
+    source = check_source(cfg.source)
+    if cfg.publish.push_to_hub:
+        check_can_push(cfg.publish.push_to_hub)
+    rows = source_rows(source, cfg.source)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set for every process by accelerate launch / torchrun
+    problem = rows and chunk_files_problem(rows, world_size, cfg.run.rows_per_chunk, cfg.run.batch_size)
+    if problem and cfg.publish.push_to_hub:
+        raise ConfigError(problem)
+    if problem and os.environ.get("RANK", "0") == "0":
+        print(f"warning: {problem} (the output could not be pushed as it is)", file=sys.stderr)
+    return source
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_config(argv)
-        source = check_source(cfg.source)
-        if cfg.publish.push_to_hub:
-            check_can_push(cfg.publish.push_to_hub)  # before hours of work, not after
+        source = check_before_work(cfg)
     except ConfigError as err:
         return failed(err)
 
     from builder.run import build, join_processes
-    from builder.validate import ViewerCheckError
 
     state = join_processes()
     try:

@@ -146,6 +146,15 @@ def check_source(cfg: SourceConfig) -> ResolvedSource:
     return resolved
 
 
+def source_rows(resolved: ResolvedSource, cfg: SourceConfig) -> int | None:
+    """How many rows the run will read, from parquet footers (no data read); None for a Hub source without
+    --max_samples (counting it would mean asking the Hub)."""
+    if resolved.parquet_files is None:
+        return cfg.max_samples
+    total = sum(pq.ParquetFile(path).metadata.num_rows for path in resolved.parquet_files)
+    return min(total, cfg.max_samples) if cfg.max_samples else total
+
+
 def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_size: int):
     """This process's rows, streamed, with output column names and an internal `_row_key`; and their features.
 

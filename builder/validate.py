@@ -6,6 +6,7 @@ Only parquet footers are read, never data pages: an output can be terabytes.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections import defaultdict
@@ -68,6 +69,23 @@ def check_viewer_ready(output_dir: Path, *, max_row_group_bytes: int = MAX_ROW_G
         lines = [f"{problem}: {_name(places)}" if places else problem for problem, places in problems.items()]
         raise ViewerCheckError("\n".join([f"{output_dir} is not ready for the Hub viewer: {len(lines)} problem"
                                           f"{'s' if len(lines) > 1 else ''}", *lines]))
+
+
+def chunk_files_problem(rows: int, world_size: int, rows_per_chunk: int, batch_size: int,
+                        max_files_per_folder: int = MAX_FILES_PER_FOLDER) -> str | None:
+    """What is wrong, if a run over `rows` rows would write more chunk files into data/ than one folder may
+    hold; None if it fits. Checked before a run, since the folder rule is only enforced when pushing: a
+    web-scale run at a small --rows_per_chunk would otherwise learn it after days of captioning."""
+    rows_in_chunk = math.ceil(rows_per_chunk / batch_size) * batch_size  # chunks end on whole batches
+    share = math.ceil(rows / world_size)  # the largest process share when rows are split row by row
+    files = world_size * math.ceil(share / rows_in_chunk)
+    if files <= max_files_per_folder:
+        return None
+    chunks_per_process = max(1, max_files_per_folder // world_size)
+    enough = math.ceil(share / chunks_per_process)
+    return (f"{rows:,} rows in chunks of {rows_in_chunk:,} rows on {world_size} process"
+            f"{'es' if world_size > 1 else ''} make about {files:,} files in data/, over the Hub's "
+            f"{max_files_per_folder:,} per folder: use --rows_per_chunk {enough:,} or more")
 
 
 def _schema_difference(first: pa.Schema, other: pa.Schema) -> str:

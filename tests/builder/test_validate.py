@@ -3,13 +3,15 @@
 import shutil
 from pathlib import Path
 
+import build
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets import Features, Image, Value
 
 from builder.schema import output_features
-from builder.validate import MAX_ROW_GROUP_BYTES, ViewerCheckError, check_viewer_ready
+from builder.validate import MAX_ROW_GROUP_BYTES, ViewerCheckError, check_viewer_ready, chunk_files_problem
 from builder.writer import ROW_GROUP_TARGET_BYTES, chunk_path, write_parquet_atomically
 from builder.config import parse_config
 from dataset_card.card import write_card
@@ -152,3 +154,35 @@ def test_every_problem_is_listed_at_once(tmp_path):
 
 def test_an_empty_output_is_rejected(tmp_path):
     assert problems(tmp_path)[1:] == ["no data files (data/*.parquet)", "README.md is missing"]
+
+
+@pytest.mark.parametrize("rows, world_size, rows_per_chunk, batch_size", [
+    (10_000, 1, 1, 1), (20_000, 1, 1, 2), (40_000, 4, 4, 4), (10_000_000, 8, 10_000, 64)])
+def test_a_run_whose_chunks_fit_in_one_folder_passes(rows, world_size, rows_per_chunk, batch_size):
+    assert chunk_files_problem(rows, world_size, rows_per_chunk, batch_size) is None
+
+
+@pytest.mark.parametrize("rows, world_size, rows_per_chunk, batch_size, files", [
+    (10_001, 1, 1, 1, 10_001), (20_001, 1, 1, 2, 10_001), (600_000_000, 1, 10_000, 64, 59_714),
+    (600_000_000, 64, 1_000, 64, 585_984)])
+def test_too_many_chunk_files_are_named_with_a_chunk_size_that_fits(rows, world_size, rows_per_chunk, batch_size,
+                                                                    files):
+    problem = chunk_files_problem(rows, world_size, rows_per_chunk, batch_size)
+    assert f"make about {files:,} files in data/, over the Hub's 10,000 per folder" in problem
+    enough = int(problem.rsplit("--rows_per_chunk ", 1)[1].split()[0].replace(",", ""))
+    assert chunk_files_problem(rows, world_size, enough, batch_size) is None
+    assert chunk_files_problem(rows, world_size, enough - batch_size, batch_size) is not None  # and a batch less would not
+
+
+def test_a_push_that_would_make_too_many_files_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "urls.parquet"
+    pq.write_table(pa.table({"URL": [f"http://127.0.0.1/{i}.png" for i in range(30_001)]}), source)
+    monkeypatch.setenv("HF_TOKEN", "hf_test")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    argv = ["--source", str(source), "--output_dir", str(tmp_path / "out"), "--rows_per_chunk", "1",
+            "--batch_size", "1", "--push_to_hub", "user/many"]
+    assert build.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: 30,001 rows in chunks of 1 rows on 3 processes make about 30,003 files in data/, over the Hub's "
+        "10,000 per folder: use --rows_per_chunk 4 or more")
+    assert not (tmp_path / "out").exists()
