@@ -18,6 +18,7 @@ from builder.config import ConfigError
 
 log = logging.getLogger(__name__)
 
+FILES_PER_COMMIT = 100  # the Hub's recommended largest commit; bigger ones risk timing out
 DATA_PATTERNS = ("data/train-*.parquet",)  # finished chunks only: never `.train-*.tmp`, never progress/
 FINAL_PATTERNS = ("build_config.yaml", "stats/*", "plots/*.png", "gallery.html")
 CARD = "README.md"
@@ -34,10 +35,11 @@ def check_can_push(repo_id: str) -> None:
 
 
 def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                final: bool = True) -> None:
+                final: bool = True, files_per_commit: int = FILES_PER_COMMIT) -> None:
     """Upload the finished chunks of `output_dir` to the dataset repo `repo_id` (created if missing) on branch
-    `revision` (created if missing; default main). With `final`, also the config, stats, plots and gallery,
-    then README.md in a commit of its own; without it (pushing chunks during a run), the data only."""
+    `revision` (created if missing; default main), `files_per_commit` files at most per commit. With `final`,
+    also the config, stats, plots and gallery, then README.md in a commit of its own; without it (pushing
+    chunks during a run), the data only."""
     output_dir = Path(output_dir)
     api = HfApi()
     try:
@@ -45,9 +47,10 @@ def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revisi
         if revision:
             api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
         patterns = DATA_PATTERNS + FINAL_PATTERNS if final else DATA_PATTERNS
-        _commit(api, output_dir, patterns, repo_id, revision, "Add data files" if final else "Add finished chunks")
+        _commit(api, output_dir, patterns, repo_id, revision, "Add data files" if final else "Add finished chunks",
+                files_per_commit)
         if final:
-            _commit(api, output_dir, (CARD,), repo_id, revision, "Update dataset card")
+            _commit(api, output_dir, (CARD,), repo_id, revision, "Update dataset card", files_per_commit)
     except Exception as err:
         raise PushError(f"pushing {output_dir} to the Hub dataset {repo_id}@{revision or 'main'} failed: "
                         f"{_reason(err)} -- re-run the same command to resume: files already on the Hub are not "
@@ -55,18 +58,20 @@ def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revisi
 
 
 def _commit(api: HfApi, output_dir: Path, patterns: tuple[str, ...], repo_id: str, revision: str | None,
-            message: str) -> None:
-    """One commit of the files matching `patterns`; files the Hub already has are left out by the client."""
+            message: str, files_per_commit: int) -> None:
+    """The files matching `patterns`, in commits of at most `files_per_commit` files; files the Hub already
+    has are left out by the client (a commit left with nothing to change is skipped)."""
     paths = sorted({path.relative_to(output_dir).as_posix()
                     for pattern in patterns for path in output_dir.glob(pattern) if path.is_file()})
-    if not paths:
-        return
-    size_mb = sum((output_dir / path).stat().st_size for path in paths) / 2**20
-    log.info("pushing %d files (%.1f MB: %s) to %s@%s; files the Hub already has are skipped",
-             len(paths), size_mb, _summary(paths), repo_id, revision or "main")
-    info = api.create_commit(repo_id, [CommitOperationAdd(path, output_dir / path) for path in paths],
-                             commit_message=message, repo_type="dataset", revision=revision)
-    log.info("%s@%s is at commit %s", repo_id, revision or "main", info.oid)
+    batches = [paths[start:start + files_per_commit] for start in range(0, len(paths), files_per_commit)]
+    for number, batch in enumerate(batches, 1):
+        part = f" ({number}/{len(batches)})" if len(batches) > 1 else ""
+        size_mb = sum((output_dir / path).stat().st_size for path in batch) / 2**20
+        log.info("pushing %d files (%.1f MB: %s) to %s@%s%s; files the Hub already has are skipped",
+                 len(batch), size_mb, _summary(batch), repo_id, revision or "main", part)
+        info = api.create_commit(repo_id, [CommitOperationAdd(path, output_dir / path) for path in batch],
+                                 commit_message=message + part, repo_type="dataset", revision=revision)
+        log.info("%s@%s is at commit %s", repo_id, revision or "main", info.oid)
 
 
 def _summary(paths: list[str]) -> str:

@@ -107,6 +107,16 @@ def test_readme_is_committed_after_all_the_data(output, hub_server):
 
 
 @pytest.mark.timeout(60)
+def test_a_large_push_goes_in_commits_of_bounded_size_then_the_card(output, hub_server):
+    assert _push(hub_server, output, "user/captions", files_per_commit=2).returncode == 0
+    _, *data_commits, card_commit = hub_server.repo("user/captions").history()  # after .gitattributes
+    data = _pushable(output) - {"README.md"}
+    assert len(data_commits) == -(-len(data) // 2) and all(len(c.changed) <= 2 for c in data_commits)
+    assert set().union(*(c.changed for c in data_commits)) == data
+    assert card_commit.changed == ("README.md",)
+
+
+@pytest.mark.timeout(60)
 def test_pushing_an_unchanged_folder_again_sends_nothing_and_commits_nothing(output, hub_server):
     assert _push(hub_server, output, "user/captions").returncode == 0
     history, puts = hub_server.repo("user/captions").history(), hub_server.lfs_puts
