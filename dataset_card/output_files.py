@@ -4,6 +4,7 @@ only the row groups) asked for, so a web-scale output is never loaded whole."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
@@ -18,6 +19,28 @@ from map_fns.status import OK
 def data_files(output_dir: Path) -> list[Path]:
     """The output's chunks, in (rank, chunk) order."""
     return sorted((Path(output_dir) / "data").glob("train-*.parquet"))
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """One chunk of a local output or of a Hub dataset; remote ones are read by byte ranges, so only the
+    footers, columns and row groups asked for are fetched."""
+
+    path: str
+    filesystem: object | None = None  # an fsspec filesystem (HfFileSystem) for remote chunks
+
+    def open(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.filesystem.open(self.path) if self.filesystem else self.path)
+
+
+def output_chunks(dataset: str) -> list[OutputChunk]:
+    """The chunks of a finished output: a local folder, or a Hub dataset repo id it was pushed to."""
+    if Path(dataset).expanduser().is_dir():
+        return [OutputChunk(str(path)) for path in data_files(Path(dataset).expanduser())]
+    from huggingface_hub import HfFileSystem
+
+    hub = HfFileSystem()
+    return [OutputChunk(path, hub) for path in sorted(hub.glob(f"datasets/{dataset}/data/train-*.parquet"))]
 
 
 def read_schema(output_dir: Path) -> pa.Schema:

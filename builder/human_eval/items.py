@@ -9,18 +9,20 @@ skipped: a caption cannot be judged without its picture.
 from __future__ import annotations
 
 import logging
-import random
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow as pa
+
 from builder.config import ConfigError
 from builder.human_eval.errors import HumanEvalError
+from builder.human_eval.rows import HumanCaptions, pick_rated_rows
 from builder.human_eval.store import HUMAN, MACHINE, Item, RatingStore
 from builder.references import load_references
+from dataset_card.output_files import output_chunks
 from dataset_card.thumbnails import thumbnails
 from map_fns.images import one_line
-from map_fns.status import OK
 
 log = logging.getLogger(__name__)
 
@@ -64,33 +66,28 @@ def prepare_items(store: RatingStore, settings: EvalSettings, fetch: dict) -> No
 
 def choose_items(settings: EvalSettings, fetch: dict) -> list[Item]:
     """Two items per picked row whose image could be fetched, with fresh opaque ids."""
-    import datasets
-
+    human = human_captions(settings)
     try:
-        dataset = datasets.load_dataset(settings.dataset, split="train")
-    except Exception as err:  # a missing folder, an unknown repo, no train split, unreadable parquet...
+        chunks = output_chunks(settings.dataset)
+        if not chunks:
+            raise HumanEvalError(f"{settings.dataset!r} holds no data/train-*.parquet: not a finished output")
+        rows = pick_rated_rows(chunks, human, settings.items, settings.seed)
+    except HumanEvalError:
+        raise
+    except (OSError, ValueError, pa.ArrowException) as err:  # unknown repo, no access, network, bad parquet
         raise HumanEvalError(f"cannot read the dataset {settings.dataset!r}: {one_line(err)}") from err
-    human = human_captions(dataset, settings)
-    rows = pick_rows(usable_rows(dataset, human), settings.items, settings.seed)
     if not rows:
         wanted = f"a reference in {settings.references!r}" if settings.references else repr(settings.human_column)
         raise HumanEvalError(f"no row of {settings.dataset!r} has status 'ok', a top_caption and a non-blank {wanted}")
-    picked = dataset.select(rows)
-    if "image" in picked.column_names and isinstance(picked.features["image"], datasets.Image):
-        picked = picked.cast_column("image", datasets.Image(decode=False))  # the bytes, for the fetch stage
-    shown_columns = [column for column in ("URL", "image") if column in picked.column_names]
-    if not shown_columns:
-        raise HumanEvalError(f"{settings.dataset!r} has neither an 'image' nor a 'URL' column: no picture to show")
-    columns = picked.select_columns(["top_caption", *shown_columns]).to_dict()
-    urls = columns.get("URL") or [None] * len(rows)
-    shown = thumbnails(urls, columns.get("image"), fetch, side=DISPLAY_SIDE)
+    images = [row.image for row in rows] if any(row.image for row in rows) else None
+    shown = thumbnails([row.url for row in rows], images, fetch, side=DISPLAY_SIDE)
     items, missing = [], []
-    for row, url, machine, (picture, why_not) in zip(rows, urls, columns["top_caption"], shown, strict=True):
+    for row, (picture, why_not) in zip(rows, shown, strict=True):
         if picture is None:
             missing.append(why_not)
             continue
-        items += [Item(secrets.token_hex(8), row, url, kind, caption.strip(), picture)
-                  for kind, caption in ((MACHINE, machine), (HUMAN, human[row]))]
+        items += [Item(secrets.token_hex(8), row.row_index, row.url, kind, caption, picture)
+                  for kind, caption in ((MACHINE, row.machine), (HUMAN, row.human))]
     if missing:
         log.warning("skipped %d of %d picked rows whose image could not be fetched (first: %s)",
                     len(missing), len(rows), missing[0])
@@ -100,40 +97,11 @@ def choose_items(settings: EvalSettings, fetch: dict) -> list[Item]:
     return items
 
 
-def human_captions(dataset, settings: EvalSettings) -> list[str | None]:
-    """Each row's human caption: its `human_column`, or with `references` one of its URL's references (chosen
-    by the seed, the same on every start)."""
-    column = "URL" if settings.references else settings.human_column
-    if column not in dataset.column_names:
-        raise HumanEvalError(f"the dataset has no column {column!r} (it has {', '.join(dataset.column_names)})")
+def human_captions(settings: EvalSettings) -> HumanCaptions:
+    """The `human_column`, or with `references` the references of each row's URL."""
     if not settings.references:
-        return dataset[column]
+        return HumanCaptions(settings.human_column, None, settings.seed)
     try:
-        references = load_references(settings.references)
+        return HumanCaptions("URL", load_references(settings.references), settings.seed)
     except ConfigError as err:
         raise HumanEvalError(str(err)) from err
-    return [random.Random(f"{settings.seed}:{url}").choice(references[url]) if url in references else None
-            for url in dataset[column]]
-
-
-def usable_rows(dataset, human: list[str | None]) -> list[int]:
-    """Indices of the rows with status ok, a machine caption and a non-blank human caption."""
-    for column in ("status", "top_caption"):
-        if column not in dataset.column_names:
-            raise HumanEvalError(f"the dataset has no column {column!r} (it has {', '.join(dataset.column_names)})")
-    return [row for row, (status, machine, caption) in enumerate(zip(dataset["status"], dataset["top_caption"], human))
-            if status == OK and _is_text(machine) and _is_text(caption)]
-
-
-def pick_rows(rows: list[int], count: int, seed: int) -> list[int]:
-    """`count` of `rows` spread evenly: one from each of `count` equal stretches, where in it chosen by `seed`
-    (all of them when there are no more)."""
-    if count >= len(rows):
-        return rows
-    rng = random.Random(seed)
-    bounds = [round(i * len(rows) / count) for i in range(count + 1)]
-    return [rows[rng.randrange(start, end)] for start, end in zip(bounds, bounds[1:])]
-
-
-def _is_text(value: object) -> bool:
-    return isinstance(value, str) and bool(value.strip())

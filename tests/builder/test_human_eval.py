@@ -27,7 +27,8 @@ import pytest
 from PIL import Image
 
 from builder.human_eval.__main__ import main
-from builder.human_eval.items import DISPLAY_SIDE, EvalSettings, choose_items, pick_rows, prepare_items
+from builder.human_eval.items import DISPLAY_SIDE, EvalSettings, choose_items, prepare_items
+from builder.human_eval.rows import pick_rows
 from builder.human_eval.store import HUMAN, MACHINE, Item, RatingStore
 from map_fns.fetch import FetchConfig
 
@@ -86,15 +87,8 @@ def output(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "HF_DATASETS_CACHE": str(tmp_path_factory.mktemp("hf-datasets-cache"))}
-
-
-@pytest.fixture
-def own_cache(monkeypatch, tmp_path):
-    """In-process `load_dataset` calls cache under tmp_path, not the user's cache."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets-cache"))
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 
 # ---- talking to the server ----
@@ -259,7 +253,7 @@ def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
     assert _answer_count(db) == 24
 
 
-def test_changed_settings_are_refused(output, tmp_path, own_cache, capsys):
+def test_changed_settings_are_refused(output, tmp_path, capsys):
     db = tmp_path / "ratings.sqlite"
     store = RatingStore(db)
     prepare_items(store, EvalSettings(str(output), "TEXT", 0, 4), asdict(FetchConfig()))
@@ -280,7 +274,7 @@ def test_changed_settings_are_refused(output, tmp_path, own_cache, capsys):
      "no row"),
     ("TEXT", [{"TEXT": "x", "top_caption": "y", "status": "ok"}], "neither an 'image' nor a 'URL'"),
 ])
-def test_unusable_dataset_fails_with_one_line(output, tmp_path, own_cache, capsys, human_column, rows, named):
+def test_unusable_dataset_fails_with_one_line(output, tmp_path, capsys, human_column, rows, named):
     dataset = _write_output(tmp_path / "output", rows) if rows else output
     argv = ["serve", "--dataset", str(dataset), "--db", str(tmp_path / "r.sqlite"), "--human_column", human_column]
     assert main(argv) == 2
@@ -289,13 +283,17 @@ def test_unusable_dataset_fails_with_one_line(output, tmp_path, own_cache, capsy
     assert _db_items(tmp_path / "r.sqlite") == {}  # nothing half-made
 
 
-def test_unreadable_dataset_is_named(tmp_path, own_cache, capsys):
+def test_a_folder_that_is_not_an_output_and_a_corrupt_chunk_are_named(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["serve", "--dataset", str(tmp_path / "empty"), "--db", str(tmp_path / "r.sqlite")]) == 2
-    assert f"cannot read the dataset {str(tmp_path / 'empty')!r}" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: {str(tmp_path / 'empty')!r} holds no data/train-*.parquet: not a finished output\n"
+    (tmp_path / "corrupt" / "data").mkdir(parents=True)
+    (tmp_path / "corrupt" / "data" / "train-00000-00000.parquet").write_bytes(b"PAR1 not really")
+    assert main(["serve", "--dataset", str(tmp_path / "corrupt"), "--db", str(tmp_path / "r.sqlite")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot read the dataset {str(tmp_path / 'corrupt')!r}: ")
 
 
-def test_url_rows_are_fetched_and_unfetchable_ones_skipped(image_server, tmp_path, own_cache, caplog):
+def test_url_rows_are_fetched_and_unfetchable_ones_skipped(image_server, tmp_path, caplog):
     paths = ["/img/jpeg_rgb?he=1", "/404?he=2", "/img/png_rgb?he=3"]
     rows = [{"URL": image_server.url(path), "TEXT": f"human {i}", "top_caption": f"machine {i}", "status": "ok"}
             for i, path in enumerate(paths)]
@@ -308,7 +306,7 @@ def test_url_rows_are_fetched_and_unfetchable_ones_skipped(image_server, tmp_pat
     assert len({item.item_id for item in items}) == 4
 
 
-def test_human_captions_can_come_from_references_by_url(output, tmp_path, own_cache):
+def test_human_captions_can_come_from_references_by_url(output, tmp_path):
     references = tmp_path / "coco.jsonl"
     references.write_text('{"url": "http://example.invalid/0.png", "captions": ["ref zero a", "ref zero b"]}\n'
                           '{"url": "http://example.invalid/6.png", "captions": ["ref six"]}\n'
@@ -321,6 +319,27 @@ def test_human_captions_can_come_from_references_by_url(output, tmp_path, own_ca
     assert {item.caption for item in choose_items(settings, asdict(FetchConfig())) if item.row_index == 0
             and item.kind == HUMAN} == {human[0]}  # the seed picks the same reference every time
     assert settings.as_meta()["references"] == str(references.resolve())
+
+
+@pytest.mark.timeout(120)
+def test_an_output_pushed_to_the_hub_gives_the_same_items_as_the_folder(output, hub_server, tmp_path):
+    push = subprocess.run([sys.executable, "-c", "import sys\nfrom builder.hub import push_output\n"
+                           "push_output(sys.argv[1], 'user/rated')", str(output)],
+                          cwd=REPO, env=hub_server.env(), capture_output=True, text=True, timeout=100)
+    assert push.returncode == 0, push.stderr[-3000:]
+    db = tmp_path / "hub.sqlite"
+    with serving(hub_server.env(), tmp_path / "serve.log", "--dataset", "user/rated", "--db", str(db),
+                 "--items", "4"):
+        pass
+    local = choose_items(EvalSettings(str(output), "TEXT", 0, 4), asdict(FetchConfig()))
+    assert sorted(map(tuple, _db_items(db).values())) == sorted((i.row_index, i.kind, i.caption, i.thumbnail)
+                                                              for i in local)
+
+    missing = subprocess.run([sys.executable, "-m", "builder.human_eval", "serve", "--dataset", "user/missing",
+                              "--db", str(tmp_path / "missing.sqlite")],
+                             cwd=REPO, env=hub_server.env(), capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines()[-1].startswith("error: cannot read the dataset 'user/missing': ")
 
 
 def test_rows_are_spread_evenly_and_seeded():
