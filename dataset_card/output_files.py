@@ -3,15 +3,15 @@ only the row groups) asked for, so a web-scale output is never loaded whole."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from itertools import groupby
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from tqdm.auto import tqdm
 
 from map_fns.status import OK
 
@@ -59,22 +59,49 @@ def iter_batches(output_dir: Path, columns: list[str]) -> Iterator[pa.RecordBatc
         yield from pq.ParquetFile(path).iter_batches(columns=columns)
 
 
-def pick_ok_rows(output_dir: Path, count: int, columns: list[str]) -> list[dict]:
-    """`count` ok rows spread evenly over the output (always the same ones), with `columns` only.
+def read_chosen_rows(chunks: list[OutputChunk], test_columns: list[str], usable: Callable[[pa.Table], list[int]],
+                     choose: Callable[[int], Iterable[int]], columns: list[str]) -> list[tuple[int, dict]]:
+    """Rows chosen among the usable ones, without loading the output: a first pass reads `test_columns` of
+    each row group and counts the rows `usable(table)` returns (their offsets in the group); `choose(n)` gives
+    ascending positions among all n usable rows; a second pass reads `test_columns` + `columns` of just the
+    row groups holding them. Memory stays bounded by one row group however large the output.
 
-    A first pass reads the status column to find them; the second reads just the row groups holding them.
+    Returns (row index in the output, row as a dict) pairs, in output order.
     """
-    ok_positions = []  # (file, row group, row within it) of every ok row, in output order
-    for path in data_files(output_dir):
-        parquet = pq.ParquetFile(path)
+    groups = []  # (chunk, row group, index of its first row, usable rows in it), in output order
+    first_row = 0
+    for chunk in tqdm(chunks, desc="finding rows", unit="file", disable=len(chunks) < 2):
+        parquet = chunk.open()
         for group in range(parquet.num_row_groups):
-            ok = pc.equal(parquet.read_row_group(group, columns=["status"])["status"], OK)
-            ok_positions += [(path, group, row) for row in np.flatnonzero(ok.to_numpy(zero_copy_only=False))]
-    if not ok_positions or count <= 0:
-        return []
-    picked = [ok_positions[i] for i in sorted(set(np.linspace(0, len(ok_positions) - 1, count).round().astype(int)))]
-    rows = []
-    for (path, group), in_group in groupby(picked, key=lambda position: position[:2]):  # one group in memory
-        table = pq.ParquetFile(path).read_row_group(group, columns=columns)
-        rows += [table.slice(row, 1).to_pylist()[0] for _, _, row in in_group]
+            table = parquet.read_row_group(group, columns=test_columns)
+            groups.append((chunk, group, first_row, len(usable(table))))
+            first_row += table.num_rows
+    chosen = iter(choose(sum(count for *_, count in groups)))
+    wanted, rows, seen = next(chosen, None), [], 0
+    for chunk, group, first_row, count in groups:
+        if wanted is not None and wanted < seen + count:
+            table = chunk.open().read_row_group(group, columns=list(dict.fromkeys(test_columns + columns)))
+            offsets = usable(table)
+            while wanted is not None and wanted < seen + count:
+                row = offsets[wanted - seen]
+                rows.append((first_row + row, table.slice(row, 1).to_pylist()[0]))
+                wanted = next(chosen, None)
+        seen += count
     return rows
+
+
+def ok_offsets(table: pa.Table) -> list[int]:
+    """Offsets of the rows whose status is ok."""
+    return np.flatnonzero(pc.equal(table["status"], OK).to_numpy(zero_copy_only=False)).tolist()
+
+
+def pick_ok_rows(output_dir: Path, count: int, columns: list[str]) -> list[dict]:
+    """`count` ok rows spread evenly over the output (always the same ones), with `columns` only."""
+    def evenly(total: int) -> list[int]:
+        if not total or count <= 0:
+            return []
+        return sorted(set(np.linspace(0, total - 1, count).round().astype(int).tolist()))
+
+    chunks = [OutputChunk(str(path)) for path in data_files(output_dir)]
+    return [{name: row[name] for name in columns}
+            for _, row in read_chosen_rows(chunks, ["status"], ok_offsets, evenly, columns)]

@@ -1,7 +1,6 @@
-"""Which rows are rated, found without loading the output: a first pass counts the usable rows of every row
-group from the text columns alone; the seed picks among them; a second pass reads just the row groups that
-hold a picked row, pictures included. Memory stays bounded by one row group, and a Hub dataset is read
-remotely column by column, so neither a large local output nor a pushed one is ever copied whole.
+"""Which rows are rated, found without loading the output (`read_chosen_rows`: the text columns first, then
+only the row groups holding the picked rows, pictures included); a Hub dataset is read remotely column by
+column, so neither a large local output nor a pushed one is ever copied whole.
 """
 
 from __future__ import annotations
@@ -11,10 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from builder.human_eval.errors import HumanEvalError
-from dataset_card.output_files import OutputChunk
+from dataset_card.output_files import OutputChunk, read_chosen_rows
 from map_fns.status import OK
 
 PICTURE_COLUMNS = ("URL", "image")
@@ -57,43 +55,20 @@ def check_columns(chunk: OutputChunk, human: HumanCaptions) -> list[str]:
     return pictures
 
 
-def _usable(table: pa.Table, human: HumanCaptions) -> list[int]:
-    """Rows of `table` with status ok, a machine caption and a human one."""
-    columns = table.select(["status", "top_caption", human.column]).to_pydict()
-    return [row for row, (status, machine, value) in enumerate(zip(*columns.values()))
-            if status == OK and isinstance(machine, str) and machine.strip() and human.of(value)]
-
-
 def pick_rated_rows(chunks: list[OutputChunk], human: HumanCaptions, count: int, seed: int) -> list[RatedRow]:
-    """`count` usable rows spread over the output (`pick_rows` over the usable ones), read in full."""
+    """`count` usable rows (status ok, a machine caption and a human one) spread over the output by
+    `pick_rows`, read in full."""
+    def usable(table: pa.Table) -> list[int]:
+        columns = table.select(["status", "top_caption", human.column]).to_pydict()
+        return [row for row, (status, machine, value) in enumerate(zip(*columns.values()))
+                if status == OK and isinstance(machine, str) and machine.strip() and human.of(value)]
+
     pictures = check_columns(chunks[0], human)
-    text_columns = list(dict.fromkeys(["status", "top_caption", human.column]))
-    groups = []  # (chunk, row group, first row index, usable rows in it), in output order
-    first_row = 0
-    for chunk in tqdm(chunks, desc="counting usable rows", unit="file", disable=len(chunks) < 2):
-        parquet = chunk.open()
-        for group in range(parquet.num_row_groups):
-            table = parquet.read_row_group(group, columns=text_columns)
-            groups.append((chunk, group, first_row, len(_usable(table, human))))
-            first_row += table.num_rows
-    picked = iter(pick_rows(range(sum(usable for *_, usable in groups)), count, seed))
-    wanted, rows, seen = next(picked, None), [], 0
-    for chunk, group, first_row, usable in groups:
-        if wanted is None:
-            break
-        if wanted >= seen + usable:
-            seen += usable
-            continue
-        table = chunk.open().read_row_group(group, columns=list(dict.fromkeys(text_columns + pictures)))
-        in_group, cells = _usable(table, human), table.to_pydict()
-        while wanted is not None and wanted < seen + usable:
-            row = in_group[wanted - seen]
-            rows.append(RatedRow(first_row + row, cells.get("URL", [None] * table.num_rows)[row],
-                                 cells["top_caption"][row].strip(), human.of(cells[human.column][row]),
-                                 cells["image"][row] if "image" in cells else None))
-            wanted = next(picked, None)
-        seen += usable
-    return rows
+    test_columns = list(dict.fromkeys(["status", "top_caption", human.column]))
+    chosen = read_chosen_rows(chunks, test_columns, usable, lambda total: pick_rows(range(total), count, seed),
+                              pictures)
+    return [RatedRow(index, row.get("URL"), row["top_caption"].strip(), human.of(row[human.column]),
+                     row.get("image")) for index, row in chosen]
 
 
 def pick_rows(rows: Sequence[int], count: int, seed: int) -> list[int]:
