@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
@@ -35,11 +36,14 @@ def check_can_push(repo_id: str) -> None:
 
 
 def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
-                final: bool = True, files_per_commit: int = FILES_PER_COMMIT) -> None:
+                final: bool = True, files_per_commit: int = FILES_PER_COMMIT,
+                skip: Collection[str] = ()) -> list[str]:
     """Upload the finished chunks of `output_dir` to the dataset repo `repo_id` (created if missing) on branch
     `revision` (created if missing; default main), `files_per_commit` files at most per commit. With `final`,
     also the config, stats, plots and gallery, then README.md in a commit of its own; without it (pushing
-    chunks during a run), the data only."""
+    chunks during a run), the data only. Paths in `skip` (ones an earlier push of this run sent) are not even
+    read: the client hashes every file it is given, which repeated at each push of a long run would re-read
+    the whole output again and again. Returns the paths pushed (sent, or found on the Hub already)."""
     output_dir = Path(output_dir)
     api = HfApi()
     try:
@@ -47,22 +51,24 @@ def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revisi
         if revision:
             api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
         patterns = DATA_PATTERNS + FINAL_PATTERNS if final else DATA_PATTERNS
-        _commit(api, output_dir, patterns, repo_id, revision, "Add data files" if final else "Add finished chunks",
-                files_per_commit)
+        pushed = _commit(api, output_dir, patterns, repo_id, revision,
+                         "Add data files" if final else "Add finished chunks", files_per_commit, skip)
         if final:
-            _commit(api, output_dir, (CARD,), repo_id, revision, "Update dataset card", files_per_commit)
+            pushed += _commit(api, output_dir, (CARD,), repo_id, revision, "Update dataset card", files_per_commit,
+                              skip)
     except Exception as err:
         raise PushError(f"pushing {output_dir} to the Hub dataset {repo_id}@{revision or 'main'} failed: "
                         f"{_reason(err)} -- re-run the same command to resume: files already on the Hub are not "
                         "sent again.") from err
+    return pushed
 
 
 def _commit(api: HfApi, output_dir: Path, patterns: tuple[str, ...], repo_id: str, revision: str | None,
-            message: str, files_per_commit: int) -> None:
-    """The files matching `patterns`, in commits of at most `files_per_commit` files; files the Hub already
-    has are left out by the client (a commit left with nothing to change is skipped)."""
+            message: str, files_per_commit: int, skip: Collection[str]) -> list[str]:
+    """The files matching `patterns` but not in `skip`, in commits of at most `files_per_commit` files; files
+    the Hub already has are left out by the client (a commit left with nothing to change is skipped)."""
     paths = sorted({path.relative_to(output_dir).as_posix()
-                    for pattern in patterns for path in output_dir.glob(pattern) if path.is_file()})
+                    for pattern in patterns for path in output_dir.glob(pattern) if path.is_file()} - set(skip))
     batches = [paths[start:start + files_per_commit] for start in range(0, len(paths), files_per_commit)]
     for number, batch in enumerate(batches, 1):
         part = f" ({number}/{len(batches)})" if len(batches) > 1 else ""
@@ -72,6 +78,7 @@ def _commit(api: HfApi, output_dir: Path, patterns: tuple[str, ...], repo_id: st
         info = api.create_commit(repo_id, [CommitOperationAdd(path, output_dir / path) for path in batch],
                                  commit_message=message + part, repo_type="dataset", revision=revision)
         log.info("%s@%s is at commit %s", repo_id, revision or "main", info.oid)
+    return paths
 
 
 def _summary(paths: list[str]) -> str:

@@ -159,6 +159,7 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
     outputs = parts[:-1] + [captioned(parts[-1], cfg, state.device, stats)]
 
     started, earlier_seconds = time.monotonic(), stats.active_seconds
+    pushed: set[str] = set()  # files this run's --push_every pushes have sent
 
     def chunk_written(chunk) -> None:
         stats.add({"status": chunk.column("status").to_pylist(), "error": chunk.column("error").to_pylist()})
@@ -166,7 +167,7 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
         record.chunks, record.rows, record.stats = record.chunks + 1, record.rows + chunk.num_rows, stats.to_dict()
         save_record(output_dir, rank, record)
         if state.is_main_process and cfg.publish.push_every and record.chunks % cfg.publish.push_every == 0:
-            push_finished_chunks(cfg)
+            pushed.update(push_finished_chunks(cfg, pushed))
 
     writer = ChunkWriter(output_dir, rank, output_features(source_features), cfg.run.rows_per_chunk,
                          first_chunk=record.chunks, on_chunk=chunk_written)
@@ -189,15 +190,16 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
     logger.info("rank %d wrote %d chunks", rank, record.chunks)
 
 
-def push_finished_chunks(cfg: BuildConfig) -> None:
-    """--push_every: every process's chunks on disk so far go to the Hub while the run goes on. A chunk not yet
-    recorded may go too: a resumed run rewrites it with the same rows. A failure only warns; the final push
-    sends whatever is missing."""
+def push_finished_chunks(cfg: BuildConfig, pushed: set[str]) -> list[str]:
+    """--push_every: every process's chunks on disk so far, but those `pushed` earlier in this run, go to the
+    Hub while the run goes on; returns the ones pushed now. A chunk not yet recorded may go too: a resumed run
+    rewrites it with the same rows. A failure only warns; the final push sends (and checks) everything."""
     try:
-        push_output(Path(cfg.run.output_dir), cfg.publish.push_to_hub, private=cfg.publish.private,
-                    revision=cfg.publish.revision, final=False)
+        return push_output(Path(cfg.run.output_dir), cfg.publish.push_to_hub, private=cfg.publish.private,
+                           revision=cfg.publish.revision, final=False, skip=pushed)
     except Exception as err:  # a network hiccup must not stop hours of captioning
         logger.warning("pushing finished chunks failed, the run goes on (the final push retries): %s", err)
+        return []
 
 
 def skip_rows(parts: list, count: int) -> list:

@@ -18,7 +18,7 @@ PUSH = """
 import json, logging, sys
 from builder.hub import push_output
 logging.basicConfig(level=logging.INFO)
-push_output(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))
+print(json.dumps(push_output(sys.argv[1], sys.argv[2], **json.loads(sys.argv[3]))))
 """
 LOAD = """
 import json, sys
@@ -162,6 +162,26 @@ def test_chunks_pushed_during_a_run_go_to_their_branch_without_card_or_temp_file
     assert set(repo.commit("in-progress").files) == {p for p in _pushable(output) if p.startswith("data/")} | {
         ".gitattributes"}
     assert set(repo.commit("main").files) == {".gitattributes"}
+
+
+@pytest.mark.timeout(90)
+def test_chunks_an_earlier_push_of_the_run_sent_are_not_read_again(output, hub_server, tmp_path):
+    running = shutil.copytree(output, tmp_path / "running")
+    first = _push(hub_server, running, "user/captions", final=False)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sent = json.loads(first.stdout.splitlines()[-1])
+    assert set(sent) == {p for p in _pushable(output) if p.startswith("data/")}
+    history = hub_server.repo("user/captions").history()
+
+    (running / sent[0]).write_bytes(b"changed on disk after it was pushed")
+    skipped = _push(hub_server, running, "user/captions", final=False, skip=sent)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert json.loads(skipped.stdout.splitlines()[-1]) == []
+    assert hub_server.repo("user/captions").history() == history  # the changed file was never read
+
+    unskipped = _push(hub_server, running, "user/captions", final=False)  # without skip it is read, and sent
+    assert unskipped.returncode == 0, unskipped.stderr[-3000:]
+    assert hub_server.repo("user/captions").history()[-1].changed == (sent[0],)
 
 
 @pytest.mark.timeout(60)
