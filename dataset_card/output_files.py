@@ -1,5 +1,5 @@
-"""Reading a finished output's parquet for the card and the gallery: only the columns (and, for picked rows,
-only the row groups) asked for, so a web-scale output is never loaded whole."""
+"""Reading a finished output's parquet for the card, the gallery, tuning scores and rating items: only the
+columns (and, for picked rows, only the row groups) asked for, so a web-scale output is never loaded whole."""
 
 from __future__ import annotations
 
