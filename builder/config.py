@@ -16,6 +16,8 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
+from builder.durable import write_text_durably
+
 from map_fns.caption import CaptionConfig
 from map_fns.fetch import FetchConfig
 from map_fns.precision import PRECISIONS, check_precision
@@ -227,4 +229,4 @@ def save_config(cfg: BuildConfig, path: Path) -> None:
     flat = {key: value for section in cfg.to_dict().values() for key, value in section.items()}
     flat.pop("config")
     flat.pop("overwrite")  # a saved config must never wipe a folder when reused
-    path.write_text(yaml.safe_dump(flat, sort_keys=False))
+    write_text_durably(path, yaml.safe_dump(flat, sort_keys=False))

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 FILES_PER_COMMIT = 100  # the Hub's recommended largest commit; bigger ones risk timing out
 DATA_PATTERNS = ("data/train-*.parquet",)  # finished chunks only: never `.train-*.tmp`, never progress/
-FINAL_PATTERNS = ("build_config.yaml", "stats/*", "plots/*.png", "gallery.html")
+FINAL_PATTERNS = ("build_config.yaml", "stats/rank-*.json", "plots/*.png", "gallery.html")  # never a .*.tmp
 CARD = "README.md"
 
 

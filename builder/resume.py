@@ -9,12 +9,12 @@ settings (`progress/run.json`); a re-run whose settings would change results is 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from builder.config import BuildConfig, ConfigError
+from builder.durable import write_json_durably
 
 RUN_FILE = "run.json"
 # Settings that change how a run goes, never what it writes; everything else but the publish section (card,
@@ -50,27 +50,6 @@ def load_record(output_dir: Path, rank: int) -> RankRecord:
 
 def save_record(output_dir: Path, rank: int, record: RankRecord) -> None:
     write_json_durably(record_path(output_dir, rank), asdict(record))
-
-
-def write_json_durably(path: Path, value) -> None:
-    """Write through a temp file, fsync, rename: a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    sync_dir(path.parent)
-
-
-def sync_dir(path: Path) -> None:
-    """fsync a directory, so a rename into it survives a power loss, not just a killed process."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def run_settings(cfg: BuildConfig, world_size: int) -> dict:

@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from builder.durable import write_json_durably
+
 # Parts of an error message that name one host, address, port or size: counted per row they would make
 # millions of distinct "reasons" on a web-scale run, so they are folded into placeholders.
 _VARYING = [
@@ -63,8 +65,7 @@ class RunStats:
                 "active_seconds": self.active_seconds}
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        write_json_durably(path, self.to_dict())
 
 
 def merge_stats(paths: list[Path]) -> dict:

@@ -7,14 +7,13 @@ is when the process's progress record may say it exists.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.resume import sync_dir
+from builder.durable import write_durably
 
 ROW_GROUP_TARGET_BYTES = 64 * 2**20  # the Hub viewer wants row groups under 100 MB
 
@@ -26,12 +25,8 @@ def chunk_path(output_dir: Path, rank: int, chunk: int) -> Path:
 def write_parquet_atomically(table: pa.Table, path: Path) -> None:
     """zstd, a page index, and row groups sized to stay under the target; temp file, fsync, rename."""
     rows_per_group = max(1, int(table.num_rows * ROW_GROUP_TARGET_BYTES / max(table.nbytes, 1)))
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=rows_per_group, write_page_index=True)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    sync_dir(path.parent)
+    write_durably(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=rows_per_group,
+                                                   write_page_index=True))
 
 
 def remove_leftovers(output_dir: Path, rank: int, first_chunk: int) -> None:

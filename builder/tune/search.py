@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.config import BuildConfig, ConfigError, parse_config
-from builder.resume import run_settings, write_json_durably
+from builder.durable import write_json_durably
+from builder.resume import run_settings
 from builder.tune.grid import Point
 from builder.tune.scoring import PointScore, score_output
 
