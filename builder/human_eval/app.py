@@ -1,6 +1,6 @@
 """The rating pages: a rater opens their link (see `raters`), then sees every item once, one at a time, in an
 order of their own, and each answer is stored before the next item is shown. A missing or unknown token is
-refused (403) and nothing is stored.
+refused (403), and so is any POST a page of another origin sent (see `same_origin`), before anything is read.
 
 Pages carry nothing about an item but its opaque id, caption and picture, so nothing but the caption tells
 a human caption from a machine one. The database is called on the event loop thread: an answer costs one
@@ -22,6 +22,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from builder.human_eval.errors import HumanEvalError
 from builder.human_eval.raters import invite_newcomers, rating_link, token_hash
+from builder.human_eval.same_origin import refuse_cross_origin
 from builder.human_eval.store import KINDS, Rater, RatingStore
 
 log = logging.getLogger(__name__)
@@ -29,16 +30,17 @@ log = logging.getLogger(__name__)
 RATINGS = tuple(str(rating) for rating in range(6))
 STORE = web.AppKey("store", RatingStore)
 # Captions are untrusted text: escaped by the templates, and nothing may load or run from elsewhere. The
-# address holds the rater's token: never cached.
+# address holds the rater's token: never cached, never sent to another site as Referer. Not "no-referrer":
+# under it browsers send `Origin: null` with the form's own POST, which `same_origin` must refuse.
 SECURITY_HEADERS = {"Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                                                "form-action 'self'; frame-ancestors 'none'",
-                    "Cache-Control": "no-store"}
+                    "Cache-Control": "no-store", "Referrer-Policy": "same-origin"}
 TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
                                undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def make_app(store: RatingStore) -> web.Application:
-    app = web.Application()
+    app = web.Application(middlewares=[refuse_cross_origin])
     app[STORE] = store
     app.add_routes([web.get("/", start_page), web.get("/rate", rate_page, name="rate"),
                     web.post("/answer", answer), web.get("/healthz", healthz)])

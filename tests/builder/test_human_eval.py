@@ -1,5 +1,5 @@
 """`python -m builder.human_eval`: the real server in a subprocess on loopback, rated over HTTP through raters'
-links, killed with SIGKILL and restarted on the same database; forged answers refused; items
+links, killed with SIGKILL and restarted on the same database; forged and cross-origin answers refused; items
 chosen from a real output-like folder; the report's numbers against ones computed by hand."""
 
 import base64
@@ -64,6 +64,7 @@ CAPTION = re.compile(r'<p class="caption">(.*?)</p>', re.S)
 PICTURE = re.compile(r'src="(data:image/jpeg;base64,[^"]+)"')
 PROGRESS = re.compile(r'<p class="progress">(.*?)</p>')
 LINK = re.compile(r"rating link for (.+): (http://\S+/\?token=(\S+))")
+EVIL = "http://evil.invalid"
 
 
 def _png(index: int, size: tuple[int, int]) -> bytes:
@@ -216,6 +217,7 @@ def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
         assert sorted(server.links) == ["alice", "bob"] and alice != bob
         status, start, headers = server.request("/?" + urllib.parse.urlencode({"token": alice}))
         assert status == 200 and "alice" in start and f'name="token" value="{alice}"' in start
+        assert headers["Referrer-Policy"] == "same-origin"  # the token never goes to another site as Referer
         items = _db_items(db)
         assert len(items) == 12 and sorted(row for row, *_ in items.values()) == sorted(USABLE * 2)
         for row, kind, caption, picture in items.values():
@@ -289,7 +291,7 @@ def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
 
 
 @pytest.mark.timeout(90)
-def test_forged_answers_are_refused_and_not_counted(output, env, tmp_path, capsys):
+def test_forged_and_cross_origin_answers_are_refused_and_not_counted(output, env, tmp_path, capsys):
     db = tmp_path / "ratings.sqlite"
     with serving(env, tmp_path / "serve.log", "--dataset", str(output), "--db", str(db), "--items", "10",
                  "--raters", "alice") as server:
@@ -307,6 +309,14 @@ def test_forged_answers_are_refused_and_not_counted(output, env, tmp_path, capsy
             ({"token": "alice", **answer}, None, "unknown rater token"),  # a guessed name as the token
             ({"token": secrets.token_urlsafe(32), **answer}, None, "unknown rater token"),
             ({"token": alice + "x", **answer}, None, "unknown rater token"),
+            # alice's own token, sent by a page of another origin: a leaked link must not let it answer
+            ({"token": alice, **answer}, {"Origin": EVIL}, f"Origin: {EVIL}"),
+            ({"token": alice, **answer}, {"Origin": "null"}, "Origin: null"),  # sandboxed frame, file:
+            ({"token": alice, **answer}, {"Referer": EVIL + "/page"}, f"Referer: {EVIL}/page"),  # no Origin
+            ({"token": alice, **answer}, {"Origin": server.base, "Sec-Fetch-Site": "cross-site"},
+             "Sec-Fetch-Site: cross-site"),
+            ({"token": alice, **answer}, {"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site: same-site"),
+            ({"token": alice, **answer}, {"Origin": server.base.replace("127.0.0.1", "localhost")}, "Origin: "),
         ]
         for form, headers, named in forged:
             status, text, _ = server.request("/answer", form, headers or server.browser_headers(form.get("token")))
@@ -321,7 +331,8 @@ def test_forged_answers_are_refused_and_not_counted(output, env, tmp_path, capsy
 
         status, _, _ = server.answer(alice, target, "5", HUMAN)  # from alice's own page: the browser's headers
         assert status == 303 and server.rate_page(alice).progress == "alice: 5 of 12 rated"
-        assert "answers per rater: alice 5" in _report(db, capsys)
+        status, _, _ = server.answer(alice, server.rate_page(alice).item_id, headers={})  # a script: no page
+        assert status == 303 and "answers per rater: alice 6" in _report(db, capsys)
 
 
 @pytest.mark.timeout(90)
