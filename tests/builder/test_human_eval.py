@@ -286,8 +286,9 @@ def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
     assert _answer_count(db) == 24
     # The tokens were printed once and are kept nowhere: not in the database, not in the server's log.
     stored = b"".join(path.read_bytes() for path in tmp_path.glob("ratings.sqlite*"))
-    assert b"alice" in stored and log.read_text().count("GET /rate ") > 20
-    assert not any(token.encode() in stored or token in log.read_text() for token in (alice, bob))
+    assert b"alice" in stored and log.read_text().count("GET /rate") > 20
+    assert not any(token.encode() in stored for token in (alice, bob))
+    assert not any(token in log.read_text() for token in (alice, bob))
 
 
 @pytest.mark.timeout(90)
@@ -317,6 +318,7 @@ def test_forged_and_cross_origin_answers_are_refused_and_not_counted(output, env
              "Sec-Fetch-Site: cross-site"),
             ({"token": alice, **answer}, {"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site: same-site"),
             ({"token": alice, **answer}, {"Origin": server.base.replace("127.0.0.1", "localhost")}, "Origin: "),
+            ({"token": alice, **answer}, {"Origin": "http://127.0.0.1:1"}, "Origin: http://127.0.0.1:1"),  # a port
         ]
         for form, headers, named in forged:
             status, text, _ = server.request("/answer", form, headers or server.browser_headers(form.get("token")))
