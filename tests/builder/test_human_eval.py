@@ -323,7 +323,7 @@ def test_forged_and_cross_origin_answers_are_refused_and_not_counted(output, env
         for form, headers, named in forged:
             status, text, _ = server.request("/answer", form, headers or server.browser_headers(form.get("token")))
             assert status == 403 and named in text and text.count("\n") == 1, (form, headers, text)
-        for forger in range(200):  # a crowd of made-up raters, each claiming every caption is human's
+        for _ in range(200):  # a crowd of made-up raters, each claiming every caption is human's
             status, _, _ = server.answer(secrets.token_urlsafe(32), target, "5", HUMAN)
             assert status == 403
         for path in ("/rate?token=alice", f"/?token={secrets.token_urlsafe(32)}"):
@@ -360,9 +360,10 @@ def test_invite_gives_links_while_the_server_runs(output, env, tmp_path, capsys)
         assert error.startswith("error: rater 'alice' already has a link") and "--new_link" in error
         assert server.rate_page(alice).progress == "alice: 1 of 12 rated"  # her link still works
         assert server.request("/?token=" + urllib.parse.quote(alice))[0] == 200
-        with pytest.raises(SystemExit):  # argparse: exit code 2, the name in its message
-            main(["invite", "--db", str(db), "eve,frank"])
-        assert "'eve,frank'" in capsys.readouterr().err
+        for name, named in (("eve,frank", "'eve,frank' holds a comma"), (" ", "a rater name is blank")):
+            with pytest.raises(SystemExit) as exit:  # argparse's one-line error
+                main(["invite", "--db", str(db), name])
+            assert exit.value.code == 2 and named in capsys.readouterr().err
         with sqlite3.connect(db) as connection:
             assert sorted(name for name, in connection.execute("SELECT name FROM raters")) == ["alice", "carol"]
 
