@@ -1,6 +1,10 @@
-"""`python -m builder.human_eval serve|report`: rate captions blind in a browser, then tabulate the answers.
+"""`python -m builder.human_eval serve|invite|report`: rate captions blind in a browser, each rater through a
+link of their own, then tabulate the answers.
 
-Bad input (dataset, column, settings, database) fails with one line `error: ...` and exit code 2.
+Raters are invited by `serve --raters` (links printed with the address the server bound) and by `invite`,
+which works while the server runs (they share the SQLite file), for a rater who joins late or lost a link.
+
+Bad input (dataset, column, settings, database, rater name) fails with one line `error: ...` and exit code 2.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import urllib.parse
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,9 +33,31 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def one_rater_name(text: str) -> str:
+    from builder.human_eval.raters import rater_name
+
+    try:
+        return rater_name(text)
+    except HumanEvalError as err:
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
+def rater_names(text: str) -> list[str]:
+    """Comma-separated rater names, each checked; repeats once."""
+    return list(dict.fromkeys(one_rater_name(name) for name in text.split(",")))
+
+
+def base_url(text: str) -> str:
+    url = urllib.parse.urlsplit(text)
+    if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+        raise argparse.ArgumentTypeError(f"--url must be the server's address, like http://HOST:PORT, got {text!r}")
+    return text.rstrip("/")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m builder.human_eval",
-                                     description="Rate captions blind in a browser (serve), then tabulate (report).")
+                                     description="Rate captions blind in a browser (serve), each rater through a "
+                                                 "link of their own (invite), then tabulate (report).")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve the rating pages")
     serve.add_argument("--dataset", required=True, help="finished output folder or Hub dataset repo id")
@@ -46,6 +73,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--port", type=int, default=7860, help="0: any free port")
     serve.add_argument("--allow_networks", type=networks, default="",
                        help="comma-separated CIDRs images may be fetched from although not public, as in build.py")
+    serve.add_argument("--raters", type=rater_names, default=[],
+                       help="comma-separated rater names: each one not invited before gets a link, printed once")
+    invite = commands.add_parser("invite", help="give raters their links, also while `serve` runs")
+    invite.add_argument("names", nargs="+", type=one_rater_name, metavar="NAME",
+                        help="a rater's name, as the report lists it")
+    invite.add_argument("--db", required=True, type=Path, help="the SQLite file `serve` uses")
+    invite.add_argument("--url", type=base_url, default="http://127.0.0.1:7860",
+                        help="the address raters reach the server at (what `serve` printed, or your proxy's)")
+    invite.add_argument("--new_link", action="store_true",
+                        help="a rater already invited gets a new link and the old one stops working; answers stay")
     report = commands.add_parser("report", help="print the ratings table")
     report.add_argument("db", type=Path, help="the SQLite file `serve` wrote")
     report.add_argument("--plot", type=Path, help="also write the rating distributions to this PNG file")
@@ -62,7 +99,19 @@ def serve_command(args: argparse.Namespace) -> None:
     try:
         settings = EvalSettings(args.dataset, args.human_column, args.seed, args.items, args.references)
         prepare_items(store, settings, asdict(FetchConfig(allow_networks=args.allow_networks)))
-        asyncio.run(serve(store, args.host, args.port))
+        asyncio.run(serve(store, args.host, args.port, args.raters))
+    finally:
+        store.close()
+
+
+def invite_command(args: argparse.Namespace) -> None:
+    from builder.human_eval.raters import invite, rating_link
+    from builder.human_eval.store import open_existing
+
+    store = open_existing(args.db)
+    try:
+        for name, token in invite(store, list(dict.fromkeys(args.names)), args.new_link).items():
+            print(f"rating link for {name}: {rating_link(args.url, token)}")
     finally:
         store.close()
 
@@ -70,17 +119,20 @@ def serve_command(args: argparse.Namespace) -> None:
 def report_command(args: argparse.Namespace) -> None:
     from builder.human_eval.report import format_report, plot_ratings, read_answers
 
-    answers = read_answers(args.db)
-    print(format_report(answers))
+    answers, unlinked = read_answers(args.db)
+    print(format_report(answers, unlinked))
     if args.plot:
         plot_ratings(answers, args.plot)
+
+
+COMMANDS = {"serve": serve_command, "invite": invite_command, "report": report_command}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        (serve_command if args.command == "serve" else report_command)(args)
+        COMMANDS[args.command](args)
     except HumanEvalError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

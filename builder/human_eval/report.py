@@ -1,6 +1,6 @@
 """The LAION-COCO blog's table from the answers: mean rating and spread of human and machine captions and of
 the captions believed human or machine, with and without the ratings 0-1, and how often each kind was taken
-for human; and a plot of the two kinds' rating distributions."""
+for human; and a plot of the two kinds' rating distributions. Only answers sent through a rater's link count."""
 
 from __future__ import annotations
 
@@ -29,19 +29,20 @@ GROUPS: tuple[tuple[str, Callable[[Answer], bool]], ...] = (
 )
 
 
-def read_answers(db: Path) -> list[Answer]:
+def read_answers(db: Path) -> tuple[list[Answer], int]:
+    """The answers of invited raters, and how many answers an older version stored without a rater link."""
     store = open_existing(db)
     try:
-        answers = store.answers()
+        answers, unlinked = store.answers(), store.unlinked_answers()
     finally:
         store.close()
     if not answers:
-        raise HumanEvalError(f"{db} holds no answers yet")
-    return answers
+        raise HumanEvalError("; ".join([f"{db} holds no answers from a rater's link yet", *_not_counted(unlinked)]))
+    return answers, unlinked
 
 
-def format_report(answers: list[Answer]) -> str:
-    """The table (markdown), then the taken-for-human shares and the answers per rater."""
+def format_report(answers: list[Answer], unlinked: int = 0) -> str:
+    """The table (markdown), then the taken-for-human shares, the answers per rater and what was not counted."""
     lines = ["| group | answers | mean rating | stdev |", "|---|---:|---:|---:|"]
     for suffix, kept in (("", lambda rating: True), (f", ratings {LOWEST_KEPT}-5", lambda r: r >= LOWEST_KEPT)):
         for name, belongs in GROUPS:
@@ -57,7 +58,13 @@ def format_report(answers: list[Answer]) -> str:
         lines.append(f"{kind} captions taken for human: {share} ({taken} of {len(guesses)})")
     per_rater = sorted(Counter(answer.rater for answer in answers).items())
     lines.append("answers per rater: " + ", ".join(f"{rater} {count}" for rater, count in per_rater))
-    return "\n".join(lines)
+    return "\n".join(lines + _not_counted(unlinked))
+
+
+def _not_counted(unlinked: int) -> list[str]:
+    """The line naming what the report leaves out, if anything."""
+    return [f"not counted: {unlinked} answers an older version stored under typed rater names, without a link "
+            "(anyone could have sent them)"] if unlinked else []
 
 
 def plot_ratings(answers: list[Answer], path: Path) -> None:

@@ -1,12 +1,13 @@
-"""`python -m builder.human_eval`: the real server in a subprocess on loopback, rated over HTTP, killed with
-SIGKILL and restarted on the same database; items chosen from a real output-like folder; the report's
-numbers against ones computed by hand."""
+"""`python -m builder.human_eval`: the real server in a subprocess on loopback, rated over HTTP through raters'
+links, killed with SIGKILL and restarted on the same database; forged and cross-origin answers refused; items
+chosen from a real output-like folder; the report's numbers against ones computed by hand."""
 
 import base64
 import html
 import io
 import os
 import re
+import secrets
 import select
 import signal
 import sqlite3
@@ -28,6 +29,7 @@ from PIL import Image
 
 from builder.human_eval.__main__ import main
 from builder.human_eval.items import DISPLAY_SIDE, EvalSettings, choose_items, prepare_items
+from builder.human_eval.raters import invite, token_hash
 from builder.human_eval.rows import pick_rows
 from builder.human_eval.store import HUMAN, MACHINE, Item, RatingStore
 from map_fns.fetch import FetchConfig
@@ -61,6 +63,8 @@ ITEM_FIELD = re.compile(r'name="item" value="([^"]+)"')
 CAPTION = re.compile(r'<p class="caption">(.*?)</p>', re.S)
 PICTURE = re.compile(r'src="(data:image/jpeg;base64,[^"]+)"')
 PROGRESS = re.compile(r'<p class="progress">(.*?)</p>')
+LINK = re.compile(r"rating link for (.+): (http://\S+/\?token=(\S+))")
+EVIL = "http://evil.invalid"
 
 
 def _png(index: int, size: tuple[int, int]) -> bytes:
@@ -113,34 +117,52 @@ class RatePage:
 class Server:
     base: str
     proc: subprocess.Popen
+    links: dict[str, str]  # rater name -> token, from the links `serve --raters` printed
 
-    def request(self, path: str, form: dict | None = None) -> tuple[int, str, dict]:
+    def request(self, path: str, form: dict | None = None, headers: dict | None = None) -> tuple[int, str, dict]:
         data = urllib.parse.urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(self.base + path, data=data, headers=headers or {})
         try:
-            with OPENER.open(self.base + path, data=data, timeout=10) as response:
+            with OPENER.open(request, timeout=10) as response:
                 return response.status, response.read().decode(), dict(response.headers)
         except urllib.error.HTTPError as err:
             return err.code, err.read().decode(), dict(err.headers)
 
-    def rate_page(self, rater: str) -> RatePage:
-        status, text, _ = self.request("/rate?" + urllib.parse.urlencode({"rater": rater}))
+    def browser_headers(self, token: str) -> dict[str, str]:
+        """What a browser sends with the rate page's form: it posts to its own origin."""
+        return {"Origin": self.base, "Sec-Fetch-Site": "same-origin", "Referer": f"{self.base}/rate?token={token}"}
+
+    def rate_page(self, token: str) -> RatePage:
+        status, text, _ = self.request("/rate?" + urllib.parse.urlencode({"token": token}))
         assert status == 200, text
         item, caption, progress = ITEM_FIELD.search(text), CAPTION.search(text), PROGRESS.search(text)
         return RatePage(text, item and item[1], caption and html.unescape(caption[1]), progress and progress[1])
 
-    def answer(self, rater: str, item: str, rating: str = "3", guess: str = HUMAN) -> tuple[int, str, dict]:
-        return self.request("/answer", {"rater": rater, "item": item, "rating": rating, "guess": guess})
+    def answer(self, token: str, item: str, rating: str = "3", guess: str = HUMAN,
+               headers: dict | None = None) -> tuple[int, str, dict]:
+        """POST the rate page's form; from the page itself unless `headers` say otherwise."""
+        return self.request("/answer", {"token": token, "item": item, "rating": rating, "guess": guess},
+                            self.browser_headers(token) if headers is None else headers)
 
 
-def _wait_for_url(proc: subprocess.Popen, log: Path, seconds: float = 45) -> str:
-    deadline = time.monotonic() + seconds
+def _wait_for_url(proc: subprocess.Popen, log: Path, seconds: float = 45) -> tuple[str, dict[str, str]]:
+    """The address of the 'serving on' line, and name -> token of the link lines before it. Read from the
+    pipe's descriptor: the lines come at once, and a buffered reader would hide all but the first from select."""
+    deadline, links, pending = time.monotonic() + seconds, {}, b""
     while time.monotonic() < deadline:
-        if select.select([proc.stdout], [], [], 0.2)[0]:
-            line = proc.stdout.readline()
+        if not select.select([proc.stdout], [], [], 0.2)[0]:
+            continue
+        chunk = os.read(proc.stdout.fileno(), 1 << 16)
+        if not chunk:  # the server exited
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in map(bytes.decode, lines):
             if line.startswith("serving on "):
-                return line.split()[-1]
-            if not line:  # the server exited
-                break
+                base = line.split()[-1]
+                assert all(url == f"{base}/?token={token}" for url, token in links.values()), links
+                return base, {name: token for name, (_, token) in links.items()}
+            if link := LINK.fullmatch(line):
+                links[link[1]] = link[2], link[3]
     raise AssertionError(f"no 'serving on' line (exit code {proc.poll()}): {log.read_text()[-3000:]}")
 
 
@@ -149,9 +171,10 @@ def serving(env: dict, log: Path, *flags: str) -> Iterator[Server]:
     """`python -m builder.human_eval serve *flags --port 0`, killed at the end whatever happens."""
     with open(log, "a") as stderr:
         proc = subprocess.Popen([sys.executable, "-m", "builder.human_eval", "serve", *flags, "--port", "0"],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr)
     try:
-        yield Server(_wait_for_url(proc, log), proc)
+        base, links = _wait_for_url(proc, log)
+        yield Server(base, proc, links)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -168,7 +191,12 @@ def _db_items(db: Path) -> dict[str, tuple[int, str, str, str]]:
 
 def _answer_count(db: Path) -> int:
     with sqlite3.connect(db) as connection:
-        return connection.execute("SELECT count(*) FROM answers").fetchone()[0]
+        return connection.execute("SELECT count(*) FROM ratings").fetchone()[0]
+
+
+def _report(db: Path, capsys) -> str:
+    assert main(["report", str(db)]) == 0
+    return capsys.readouterr().out
 
 
 def _blinded(page: RatePage, picture: str) -> str:
@@ -182,11 +210,14 @@ def _blinded(page: RatePage, picture: str) -> str:
 @pytest.mark.timeout(90)
 def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
     db, log = tmp_path / "ratings.sqlite", tmp_path / "serve.log"
-    flags = ("--dataset", str(output), "--db", str(db), "--items", "10")
+    flags = ("--dataset", str(output), "--db", str(db), "--items", "10", "--raters", "alice,bob")
     with serving(env, log, *flags) as server:
         assert server.request("/healthz")[:2] == (200, "ok")
-        status, start, _ = server.request("/")
-        assert status == 200 and 'name="rater"' in start
+        alice, bob = server.links["alice"], server.links["bob"]
+        assert sorted(server.links) == ["alice", "bob"] and alice != bob
+        status, start, headers = server.request("/?" + urllib.parse.urlencode({"token": alice}))
+        assert status == 200 and "alice" in start and f'name="token" value="{alice}"' in start
+        assert headers["Referrer-Policy"] == "same-origin"  # the token never goes to another site as Referer
         items = _db_items(db)
         assert len(items) == 12 and sorted(row for row, *_ in items.values()) == sorted(USABLE * 2)
         for row, kind, caption, picture in items.values():
@@ -197,24 +228,25 @@ def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
 
         seen, pages = [], []
         for rated in range(5):
-            page = server.rate_page("alice")
+            page = server.rate_page(alice)
             assert page.progress == f"alice: {rated} of 12 rated" and page.item_id not in seen
             pages.append(page)
-            status, _, headers = server.answer("alice", page.item_id, str(rated), HUMAN if rated % 2 else MACHINE)
-            assert status == 303 and headers["Location"] == "/rate?rater=alice"
+            status, _, headers = server.answer(alice, page.item_id, str(rated), HUMAN if rated % 2 else MACHINE)
+            assert status == 303 and headers["Location"] == f"/rate?token={alice}"
             seen.append(page.item_id)
-        next_item = server.rate_page("alice").item_id
+        next_item = server.rate_page(alice).item_id
 
         first = seen[0]
         refused = [({"rating": rating}, repr(rating)) for rating in ("6", "-1", "abc", "", "2.5")] + [
-            ({"guess": "robot"}, "'robot'"), ({"item": "no-such-item"}, "'no-such-item'"),
-            ({"rater": " "}, "rater id"), ({"rater": "x" * 101}, "101")]
+            ({"guess": "robot"}, "'robot'"), ({"item": "no-such-item"}, "'no-such-item'")]
         for change, named in refused:
-            status, text, _ = server.request("/answer", {"rater": "alice", "item": next_item, "rating": "4",
-                                                         "guess": HUMAN, **change})
+            status, text, _ = server.request("/answer", {"token": alice, "item": next_item, "rating": "4",
+                                                         "guess": HUMAN, **change}, server.browser_headers(alice))
             assert status == 400 and named in text and text.count("\n") == 1, (change, text)
-        assert server.request("/rate")[0] == 400
-        status, text, _ = server.answer("alice", first, "5")
+        for path in ("/rate", "/", "/rate?token="):
+            status, text, _ = server.request(path)
+            assert status == 403 and "no rater token" in text and text.count("\n") == 1, (path, text)
+        status, text, _ = server.answer(alice, first, "5")
         assert status == 409 and repr(first) in text
         assert _answer_count(db) == 5
 
@@ -222,19 +254,20 @@ def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
         server.proc.wait(timeout=10)
 
     with serving(env, log, *flags) as server:
-        page = server.rate_page("alice")
+        assert server.links == {}  # both were invited before: their links still hold, none is printed again
+        page = server.rate_page(alice)
         assert page.item_id == next_item and page.progress == "alice: 5 of 12 rated"
-        assert main(["report", str(db)]) == 0
-        assert "answers per rater: alice 5" in capsys.readouterr().out
+        assert "answers per rater: alice 5" in _report(db, capsys)
         with sqlite3.connect(db) as connection:
-            assert [rating for rating, in connection.execute("SELECT rating FROM answers WHERE rater = 'alice' "
-                                                            "ORDER BY answered_at")] == [0, 1, 2, 3, 4]
+            assert [rating for rating, in connection.execute(
+                "SELECT rating FROM ratings JOIN raters USING (rater_id) WHERE name = 'alice' "
+                "ORDER BY answered_at")] == [0, 1, 2, 3, 4]
 
         while page.item_id is not None:
             pages.append(page)
-            assert server.answer("alice", page.item_id)[0] == 303
+            assert server.answer(alice, page.item_id)[0] == 303
             seen.append(page.item_id)
-            page = server.rate_page("alice")
+            page = server.rate_page(alice)
         assert "All done" in page.html and sorted(seen) == sorted(items)
         assert all(page.caption == items[page.item_id][2] for page in pages)
         # Nothing but the caption and the picture tells one item, human or machine, from another...
@@ -242,15 +275,136 @@ def test_blind_rating_round_survives_sigkill(output, env, tmp_path, capsys):
         # ...and the hostile caption came out as text.
         assert sum(str(markupsafe.escape(HOSTILE)) in page.html for page in pages) == 1
         assert not any(HOSTILE in page.html or "<script" in page.html for page in pages)
-        bob = []
-        while (page := server.rate_page("bob")).item_id is not None:
-            assert server.answer("bob", page.item_id)[0] == 303
-            bob.append(page.item_id)
-        assert sorted(bob) == sorted(seen) and bob != seen  # every item once, in an order of bob's own
+        bob_seen = []
+        while (page := server.rate_page(bob)).item_id is not None:
+            assert server.answer(bob, page.item_id)[0] == 303
+            bob_seen.append(page.item_id)
+        assert sorted(bob_seen) == sorted(seen) and bob_seen != seen  # every item once, in an order of bob's own
 
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=10) == 0
     assert _answer_count(db) == 24
+    # The tokens were printed once and are kept nowhere: not in the database, not in the server's log.
+    stored = b"".join(path.read_bytes() for path in tmp_path.glob("ratings.sqlite*"))
+    assert b"alice" in stored and log.read_text().count("GET /rate") > 20
+    assert not any(token.encode() in stored for token in (alice, bob))
+    assert not any(token in log.read_text() for token in (alice, bob))
+
+
+@pytest.mark.timeout(90)
+def test_forged_and_cross_origin_answers_are_refused_and_not_counted(output, env, tmp_path, capsys):
+    db = tmp_path / "ratings.sqlite"
+    with serving(env, tmp_path / "serve.log", "--dataset", str(output), "--db", str(db), "--items", "10",
+                 "--raters", "alice") as server:
+        alice = server.links["alice"]
+        for rated in range(4):
+            page = server.rate_page(alice)
+            assert server.answer(alice, page.item_id, str(rated + 1), MACHINE if rated % 2 else HUMAN)[0] == 303
+        before = _report(db, capsys)
+        target = server.rate_page(alice).item_id
+        answer = {"item": target, "rating": "5", "guess": HUMAN}
+
+        forged = [  # (form, headers, what the refusal says)
+            ({"rater": "alice", **answer}, None, "no rater token"),  # the old form: a typed name
+            ({"token": "", **answer}, None, "no rater token"),
+            ({"token": "alice", **answer}, None, "unknown rater token"),  # a guessed name as the token
+            ({"token": secrets.token_urlsafe(32), **answer}, None, "unknown rater token"),
+            ({"token": alice + "x", **answer}, None, "unknown rater token"),
+            # alice's own token, sent by a page of another origin: a leaked link must not let it answer
+            ({"token": alice, **answer}, {"Origin": EVIL}, f"Origin: {EVIL}"),
+            ({"token": alice, **answer}, {"Origin": "null"}, "Origin: null"),  # sandboxed frame, file:
+            ({"token": alice, **answer}, {"Referer": EVIL + "/page"}, f"Referer: {EVIL}/page"),  # no Origin
+            ({"token": alice, **answer}, {"Origin": server.base, "Sec-Fetch-Site": "cross-site"},
+             "Sec-Fetch-Site: cross-site"),
+            ({"token": alice, **answer}, {"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site: same-site"),
+            ({"token": alice, **answer}, {"Origin": server.base.replace("127.0.0.1", "localhost")}, "Origin: "),
+            ({"token": alice, **answer}, {"Origin": "http://127.0.0.1:1"}, "Origin: http://127.0.0.1:1"),  # a port
+        ]
+        for form, headers, named in forged:
+            status, text, _ = server.request("/answer", form, headers or server.browser_headers(form.get("token")))
+            assert status == 403 and named in text and text.count("\n") == 1, (form, headers, text)
+        for _ in range(200):  # a crowd of made-up raters, each claiming every caption is human's
+            status, _, _ = server.answer(secrets.token_urlsafe(32), target, "5", HUMAN)
+            assert status == 403
+        for path in ("/rate?token=alice", f"/?token={secrets.token_urlsafe(32)}"):
+            status, text, _ = server.request(path)
+            assert status == 403 and "unknown rater token" in text and target not in text
+        assert _answer_count(db) == 4 and _report(db, capsys) == before  # nothing forged was stored or counted
+
+        status, _, _ = server.answer(alice, target, "5", HUMAN)  # from alice's own page: the browser's headers
+        assert status == 303 and server.rate_page(alice).progress == "alice: 5 of 12 rated"
+        status, _, _ = server.answer(alice, server.rate_page(alice).item_id, headers={})  # a script: no page
+        assert status == 303 and "answers per rater: alice 6" in _report(db, capsys)
+
+
+@pytest.mark.timeout(90)
+def test_invite_gives_links_while_the_server_runs(output, env, tmp_path, capsys):
+    db = tmp_path / "ratings.sqlite"
+    with serving(env, tmp_path / "serve.log", "--dataset", str(output), "--db", str(db), "--items", "10",
+                 "--raters", "alice") as server:
+        alice = server.links["alice"]
+
+        def invited(*argv: str) -> dict[str, str]:
+            assert main(["invite", "--db", str(db), "--url", server.base + "/", *argv]) == 0
+            links = [LINK.fullmatch(line) for line in capsys.readouterr().out.splitlines()]
+            assert all(link[2] == f"{server.base}/?token={link[3]}" for link in links)
+            return {link[1]: link[3] for link in links}
+
+        carol = invited("carol")["carol"]  # the running server knows her at once: it reads the same database
+        assert server.rate_page(carol).progress == "carol: 0 of 12 rated"
+        assert server.answer(carol, server.rate_page(carol).item_id)[0] == 303
+        assert server.answer(alice, server.rate_page(alice).item_id)[0] == 303
+
+        assert main(["invite", "--db", str(db), "dave", "alice"]) == 2  # all or none
+        error = capsys.readouterr().err.strip()
+        assert error.startswith("error: rater 'alice' already has a link") and "--new_link" in error
+        assert server.rate_page(alice).progress == "alice: 1 of 12 rated"  # her link still works
+        assert server.request("/?token=" + urllib.parse.quote(alice))[0] == 200
+        for name, named in (("eve,frank", "'eve,frank' holds a comma"), (" ", "a rater name is blank")):
+            with pytest.raises(SystemExit) as exit:  # argparse's one-line error
+                main(["invite", "--db", str(db), name])
+            assert exit.value.code == 2 and named in capsys.readouterr().err
+        with sqlite3.connect(db) as connection:
+            assert sorted(name for name, in connection.execute("SELECT name FROM raters")) == ["alice", "carol"]
+
+        new_alice = invited("--new_link", "alice")["alice"]  # she lost her link: the old one stops working
+        assert server.request("/rate?token=" + urllib.parse.quote(alice))[0] == 403
+        assert server.answer(alice, server.rate_page(new_alice).item_id)[0] == 403
+        assert server.rate_page(new_alice).progress == "alice: 1 of 12 rated"  # her answers stay hers
+    assert "answers per rater: alice 1, carol 1" in _report(db, capsys)
+    assert main(["invite", "--db", str(tmp_path / "typo.sqlite"), "alice"]) == 2
+    assert "no ratings database at" in capsys.readouterr().err and not (tmp_path / "typo.sqlite").exists()
+
+
+LEGACY_ANSWERS = """CREATE TABLE answers (rater TEXT NOT NULL, item_id TEXT NOT NULL REFERENCES items (item_id),
+    rating INTEGER NOT NULL, guess TEXT NOT NULL, answered_at TEXT NOT NULL, PRIMARY KEY (rater, item_id))"""
+
+
+@pytest.mark.timeout(90)
+def test_answers_an_older_version_stored_under_typed_names_are_not_counted(output, env, tmp_path, capsys):
+    db = tmp_path / "ratings.sqlite"
+    store = RatingStore(db)
+    prepare_items(store, EvalSettings(str(output), "TEXT", 0, 10), asdict(FetchConfig()))
+    store.close()
+    with sqlite3.connect(db) as connection:  # what the version without links left: anyone could type 'alice'
+        connection.execute(LEGACY_ANSWERS)
+        connection.executemany("INSERT INTO answers VALUES ('alice', ?, 5, 'human', '2020-01-01')",
+                               [(item_id,) for item_id in sorted(_db_items(db))[:3]])
+    assert main(["report", str(db)]) == 2
+    error = capsys.readouterr().err
+    assert "holds no answers from a rater's link yet" in error and "not counted: 3 answers" in error
+
+    with serving(env, tmp_path / "serve.log", "--dataset", str(output), "--db", str(db), "--items", "10",
+                 "--raters", "alice") as server:
+        alice = server.links["alice"]
+        page = server.rate_page(alice)  # the new alice starts afresh: the typed name's answers are not hers
+        assert page.progress == "alice: 0 of 12 rated"
+        assert server.answer(alice, page.item_id, "1", MACHINE)[0] == 303
+    report = _report(db, capsys)
+    table = _table(report)  # the typed name's three answers all said human, alice's one machine
+    assert int(table["human captions"][0]) + int(table["machine captions"][0]) == 1
+    assert table["captions believed human"][0] == "0" and table["captions believed machine"][:2] == ("1", "1.00")
+    assert "answers per rater: alice 1" in report and "not counted: 3 answers" in report
 
 
 def test_changed_settings_are_refused(output, tmp_path, capsys):
@@ -359,8 +513,9 @@ def _rated_db(path: Path, answers: list[tuple[str, str, int, str]]) -> Path:
     items = [Item(f"item-{i}", i, None, kind, f"caption {i}", "data:image/jpeg;base64,")
              for i, (_, kind, _, _) in enumerate(answers)]
     store.create({"dataset": "by hand", "human_column": "TEXT", "seed": "0", "items": str(len(items))}, items)
+    tokens = invite(store, sorted({rater for rater, *_ in answers}))
     for item, (rater, _, rating, guess) in zip(items, answers, strict=True):
-        assert store.add_answer(rater, item.item_id, rating, guess)
+        assert store.add_answer(store.rater(token_hash(tokens[rater])), item.item_id, rating, guess)
     store.close()
     return path
 
@@ -412,4 +567,4 @@ def test_report_refuses_a_missing_or_empty_database(tmp_path, capsys):
     assert not (tmp_path / "missing.sqlite").exists()
     RatingStore(tmp_path / "empty.sqlite").close()
     assert main(["report", str(tmp_path / "empty.sqlite")]) == 2
-    assert "holds no answers yet" in capsys.readouterr().err
+    assert "holds no answers from a rater's link yet\n" in capsys.readouterr().err
