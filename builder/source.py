@@ -1,8 +1,8 @@
 """The source: which rows, which columns, and which of them this process reads.
 
-`resolve_source` only looks (a path check and a parquet footer read) so bad flags fail before any model
-loads; `open_stream` then streams the rows with `datasets`, renamed to the output's column names and split
-deterministically across processes.
+`check_source` only looks (a path check and the parquet footers) so that a bad source fails in a second, with one
+line, before any model loads; `open_stream` then streams the rows with `datasets`, renamed to the output's column
+names, and keeps this process's share of them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ URL_COLUMNS = ("URL", "url")
 TEXT_COLUMNS = ("TEXT", "caption", "text")
 IMAGE_COLUMN = "image"
 HUB_ID = re.compile(r"^(?!.*(?:--|\.\.))(?:\w(?:[\w.-]*\w)?/)?\w(?:[\w.-]*\w)?$")  # never ./x, ../x, .x
+SPLIT_BATCH = 1000  # rows per call of the row-by-row split's filter
 
 
 def bundled_sample() -> str:
@@ -36,12 +37,13 @@ def bundled_sample() -> str:
 
 @dataclass(frozen=True)
 class ResolvedSource:
-    """Where the rows come from: local parquet files, or a Hub dataset id."""
+    """Where the rows come from: local parquet files (only those holding rows), or a Hub dataset id."""
 
     name: str
     parquet_files: list[str] | None  # None for a Hub dataset
     hub_id: str | None = None
     previous_output: bool = False  # an earlier run's output, for --retry_failed
+    rows: int | None = None  # in all the files, from their footers; None for a Hub dataset
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,8 @@ class ColumnMap:
         return renames
 
 
-def resolve_source(cfg: SourceConfig) -> ResolvedSource:
-    """Find the parquet files of a local source, or recognise a Hub id; raise `ConfigError` if neither."""
+def find_parquet_files(cfg: SourceConfig) -> ResolvedSource:
+    """The parquet files a local source names (unchecked), or its Hub id; raise `ConfigError` if neither."""
     if cfg.retry_failed:
         files = sorted(glob.glob(str(Path(cfg.retry_failed).expanduser() / "data" / "train-*.parquet")))
         if not files:
@@ -86,16 +88,91 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     return ResolvedSource(name=source, parquet_files=files)
 
 
-def parquet_columns(files: list[str]) -> list[str]:
-    """Column names from the first file's footer (no data read)."""
+def resolve_source(cfg: SourceConfig) -> ResolvedSource:
+    """`find_parquet_files`, then every file's footer checked: files without rows are left out (with a warning:
+    they hold nothing to lose), and a file `datasets` could not stream whole is refused, naming it."""
+    found = find_parquet_files(cfg)
+    if found.parquet_files is None:
+        return found
+    flag = "--retry_failed" if found.previous_output else "--source"
+    kept, empty, rows, first = [], [], 0, None
+    for path in found.parquet_files:
+        metadata = _footer(path, flag)
+        if metadata is None or metadata.num_rows == 0:
+            empty.append(path)
+            continue
+        schema = metadata.schema.to_arrow_schema()
+        if first is None:
+            _check_columns(schema, path, flag)
+            first = (path, schema)
+        elif not schema.remove_metadata().equals(first[1].remove_metadata()):
+            raise ConfigError(f"{flag} file {path!r} has other columns than {first[0]!r} "
+                              f"({_schema_difference(first[1], schema)}); a source must have one schema")
+        kept.append(path)
+        rows += metadata.num_rows
+    if empty:
+        logger.warning("%s %r: leaving out %d file(s) without rows: %s", flag, found.name, len(empty),
+                       ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else ""))
+    if not kept:
+        raise ConfigError(f"{flag} {found.name!r} has no rows (its {len(empty)} parquet file(s) are empty)")
+    return ResolvedSource(found.name, kept, previous_output=found.previous_output, rows=rows)
+
+
+def _footer(path: str, flag: str) -> pq.FileMetaData | None:
+    """The file's footer; None for a file of 0 bytes (an interrupted copy holds no rows yet)."""
     try:
-        return pq.read_schema(files[0]).names
+        if Path(path).stat().st_size == 0:
+            return None
+        return pq.ParquetFile(path).metadata
     except (OSError, pa.ArrowInvalid) as err:
-        raise ConfigError(f"--source file {files[0]!r} is not readable parquet: {err}") from None
+        raise ConfigError(f"{flag} file {path!r} is not readable parquet: {_one_line(err)}") from None
 
 
-def map_columns(columns: list[str], cfg: SourceConfig, source_name: str) -> ColumnMap:
-    """Pick the URL, text and image columns (named by flags, else by the usual names); check they exist."""
+def _check_columns(schema: pa.Schema, path: str, flag: str) -> None:
+    """Refuse what `datasets` cannot stream: a repeated column name, a map-typed column (no `datasets` type)."""
+    repeated = sorted({name for name in schema.names if schema.names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{flag} file {path!r} has duplicate column names: {', '.join(repeated)}; "
+                          "rename them so every column can be kept")
+    for field in schema:
+        if _holds_map(field.type):
+            raise ConfigError(f"{flag} file {path!r}: column {field.name!r} is {field.type}, which `datasets` "
+                              "cannot read; store it as a list of {key, value} structs")
+
+
+def _holds_map(arrow_type: pa.DataType) -> bool:
+    if pa.types.is_map(arrow_type):
+        return True
+    return any(_holds_map(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+
+
+def _schema_difference(expected: pa.Schema, got: pa.Schema) -> str:
+    """The first column that differs, for the error line."""
+    for name in dict.fromkeys(expected.names + got.names):
+        have = got.field(name).type if name in got.names else None
+        want = expected.field(name).type if name in expected.names else None
+        if have != want:
+            return f"column {name!r}: {have or 'missing'} instead of {want or 'absent'}"
+    return "column order differs"
+
+
+def _one_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def is_image_type(arrow_type: pa.DataType) -> bool:
+    """Whether a column can hold image bytes: binary, or a struct with binary `bytes` (`datasets.Image`)."""
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return True
+    return (pa.types.is_struct(arrow_type) and arrow_type.get_field_index("bytes") >= 0
+            and is_image_type(arrow_type.field("bytes").type) and not pa.types.is_struct(arrow_type.field("bytes").type))
+
+
+def map_columns(schema: pa.Schema, cfg: SourceConfig, source_name: str) -> ColumnMap:
+    """Pick the URL, text and image columns (named by flags, else by the usual names); check they exist, and that
+    the image column can hold images (an auto-detected `image` column that cannot is passed through, not used)."""
+    columns = schema.names
 
     def pick(flag: str, named: str | None, usual: tuple[str, ...]) -> str | None:
         if named is not None:
@@ -104,25 +181,35 @@ def map_columns(columns: list[str], cfg: SourceConfig, source_name: str) -> Colu
             return named
         return next((name for name in usual if name in columns), None)
 
+    image = pick("image_column", cfg.image_column, (IMAGE_COLUMN,))
+    if image is not None and not is_image_type(schema.field(image).type):
+        kind = schema.field(image).type
+        if cfg.image_column is not None:
+            raise ConfigError(f"--image_column {image!r} of {source_name} holds {kind}, not image bytes (binary, or a "
+                              "datasets.Image); a column of URLs goes to --url_column")
+        logger.warning("%s: column %r holds %s, not image bytes: passed through, not captioned from", source_name,
+                       image, kind)
+        image = None
     mapping = ColumnMap(
         url=pick("url_column", cfg.url_column, URL_COLUMNS),
         text=pick("text_column", cfg.text_column, TEXT_COLUMNS),
-        image=pick("image_column", cfg.image_column, (IMAGE_COLUMN,)),
+        image=image,
     )
     if mapping.url is None and mapping.image is None:
         raise ConfigError(f"{source_name} has no URL column ({'/'.join(URL_COLUMNS)}) and no image column; "
                           "name one with --url_column or --image_column")
     if mapping.text is None:
         logger.warning("%s has no alt-text column (%s): TEXT will be empty", source_name, "/".join(TEXT_COLUMNS))
+    if image is not None and image in (mapping.url, mapping.text):
+        raise ConfigError(f"--image_column {image!r} is also the {'URL' if image == mapping.url else 'text'} column")
     return mapping
 
 
 def row_key(url: str | None, image) -> str:
-    """A row's identity for seeding: its URL, else a hash of its image bytes."""
-    if url:
-        return url
+    """A row's identity, which seeds its samples and lets a repeated row reuse results: a hash of its image
+    bytes when it carries them (one URL may stand for many embedded images), else where its image comes from."""
     data = embedded_bytes(image)
-    return hashlib.sha256(data).hexdigest() if data else ""
+    return hashlib.sha256(data).hexdigest() if data else (url or "")
 
 
 def _with_null_string_column(stream, name: str):
@@ -139,9 +226,9 @@ def check_source(cfg: SourceConfig) -> ResolvedSource:
     """Everything about the source that can be checked without streaming it (Hub columns are checked on open)."""
     resolved = resolve_source(cfg)
     if resolved.parquet_files:
-        columns = parquet_columns(resolved.parquet_files)
-        map_columns(columns, cfg, resolved.name)
-        if resolved.previous_output and "status" not in columns:
+        schema = pq.read_schema(resolved.parquet_files[0])
+        map_columns(schema, cfg, resolved.name)
+        if resolved.previous_output and "status" not in schema.names:
             raise ConfigError(f"--retry_failed {resolved.name!r} is not an output of this builder (no status column)")
     return resolved
 
@@ -149,21 +236,51 @@ def check_source(cfg: SourceConfig) -> ResolvedSource:
 def source_rows(resolved: ResolvedSource, cfg: SourceConfig) -> int | None:
     """How many rows the run will read, from parquet footers (no data read); None for a Hub source without
     --max_samples (counting it would mean asking the Hub)."""
-    if resolved.parquet_files is None:
+    if resolved.rows is None:
         return cfg.max_samples
-    total = sum(pq.ParquetFile(path).metadata.num_rows for path in resolved.parquet_files)
-    return min(total, cfg.max_samples) if cfg.max_samples else total
+    return min(resolved.rows, cfg.max_samples) if cfg.max_samples else resolved.rows
+
+
+def valid_utf8(table: pa.Table) -> pa.Table:
+    """`table` with string cells that are not valid UTF-8 (parquet writers do not always check) repaired, each
+    bad byte becoming U+FFFD, so a scraped alt-text with stray bytes keeps its row instead of stopping the run."""
+    for index, field in enumerate(table.schema):
+        if not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            continue
+        column = table.column(index)
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid:
+            raw = column.cast(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()).to_pylist()
+            repaired = [None if value is None else value.decode("utf-8", "replace") for value in raw]
+            bad = sum(value is not None and not _is_utf8(value) for value in raw)
+            logger.warning("column %r: %d cell(s) of invalid UTF-8 kept with their bad bytes as U+FFFD", field.name, bad)
+            table = table.set_column(index, field, pa.array(repaired, field.type))
+    return table
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_size: int):
-    """This process's rows, streamed, with output column names and an internal `_row_key`; and their features.
+    """This process's rows, streamed, with output column names and an internal `_row_key`; and the features the
+    output keeps for them (image features decodable, as the source declared them).
 
-    Work split: whole shards (files, else parquet row groups) per process when their count divides evenly
-    by the number of processes, else every `world_size`-th row. `--max_samples` keeps the first N rows of
-    the whole source, split row by row, so the result does not depend on the number of processes.
+    Nothing is decoded: `datasets` would otherwise open every image cell on its own (and fetch a cell whose path is
+    a URL, past our address guard and deadline); the fetch stage reads image cells itself.
+
+    Work split: whole shards (files, else parquet row groups) per process when their count divides evenly by the
+    number of processes, else every `world_size`-th row. `--max_samples` keeps the first N rows of the whole
+    source, split row by row, so the result does not depend on the number of processes. The split is applied to
+    the stream itself (not left to `datasets` at iteration time), so a later `.skip(n)` skips n of THIS process's
+    rows, whatever the split.
     """
     import datasets
-    from datasets.distributed import split_dataset_by_node
 
     if resolved.hub_id:
         stream = datasets.load_dataset(resolved.hub_id, split=cfg.source_split, streaming=True)
@@ -171,26 +288,35 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_si
         stream = datasets.load_dataset("parquet", data_files=resolved.parquet_files, split="train", streaming=True)
     if stream.features is None:
         stream = stream._resolve_features()
-    columns = list(stream.features)
-    mapping = map_columns(columns, cfg, resolved.name)
-    stream = stream.rename_columns(mapping.renames(columns, keep_generated=resolved.previous_output))
-    if isinstance(stream.features.get(IMAGE_COLUMN), datasets.Image):  # before any map: corrupt bytes raise
-        stream = stream.cast_column(IMAGE_COLUMN, datasets.Image(decode=False))
+    declared = stream.features
+    stream = stream.decode(False)  # first: renames and maps would decode every image cell
+    stream = stream.with_format("arrow").map(valid_utf8, batched=True, features=stream.features).with_format(None)
+    columns = list(declared)
+    mapping = map_columns(declared.arrow_schema, cfg, resolved.name)
+    renames = mapping.renames(columns, keep_generated=resolved.previous_output)
+    stream = stream.rename_columns(renames)
     for column, present in (("URL", mapping.url), ("TEXT", mapping.text)):
         if present is None:
             stream = _with_null_string_column(stream, column)
-    if cfg.max_samples is not None:
-        stream = stream.take(cfg.max_samples)
-    elif stream.num_shards % world_size:
-        stream = stream.reshard()
-    # take(n) spreads n over the shards, so a first-N selection must be split row by row
-    stream = split_dataset_by_node(stream, rank=rank, world_size=world_size,
-                                   strategy="auto" if cfg.max_samples is None else "examples")
+    stream = this_process_share(stream, cfg.max_samples, rank, world_size)
+    output = datasets.Features({renames.get(name, name): feature for name, feature in declared.items()})
+    output.update({name: feature for name, feature in stream.features.items() if name not in output})
     has_image = mapping.image is not None
-    features = stream.features
-    return features, stream.map(
+    return output, stream.map(
         lambda batch: {"_row_key": [
             row_key(url, batch[IMAGE_COLUMN][i] if has_image else None) for i, url in enumerate(batch["URL"])
         ]},
         batched=True,
     )
+
+
+def this_process_share(stream, max_samples: int | None, rank: int, world_size: int):
+    """The rows process `rank` of `world_size` reads (see `open_stream`), as a stream of their own."""
+    if max_samples is not None:
+        stream = stream.take(max_samples)  # take(n) spreads n over the shards: split what it keeps row by row
+    elif stream.num_shards % world_size:
+        stream = stream.reshard()  # a single file has one shard, but maybe many row groups
+    if max_samples is None and stream.num_shards % world_size == 0:
+        return stream.shard(num_shards=world_size, index=rank)
+    return stream.filter(lambda batch, indices: [i % world_size == rank for i in indices], with_indices=True,
+                         batched=True, batch_size=SPLIT_BATCH)

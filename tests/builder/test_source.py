@@ -32,6 +32,11 @@ def _png(color: str, size=(3, 2)) -> bytes:
     return buf.getvalue()
 
 
+def _schema(columns: list[str]) -> pa.Schema:
+    """String columns, but binary image columns (as a source of raw image bytes has them)."""
+    return pa.schema([(name, pa.binary() if name in ("image", "jpg") else pa.string()) for name in columns])
+
+
 def _one_line_error(fn, *args) -> str:
     with pytest.raises(ConfigError) as err:
         fn(*args)
@@ -132,31 +137,31 @@ def test_no_source_is_the_bundled_sample():
     ],
 )
 def test_columns_are_auto_detected(columns, expected):
-    mapping = map_columns(columns, SourceConfig(), "src")
+    mapping = map_columns(_schema(columns), SourceConfig(), "src")
     assert (mapping.url, mapping.text, mapping.image) == expected
 
 
 def test_named_columns_win():
     columns = ["URL", "link", "TEXT", "alt", "image", "jpg"]
-    mapping = map_columns(columns, SourceConfig(url_column="link", text_column="alt", image_column="jpg"), "src")
+    mapping = map_columns(_schema(columns), SourceConfig(url_column="link", text_column="alt", image_column="jpg"), "src")
     assert (mapping.url, mapping.text, mapping.image) == ("link", "alt", "jpg")
 
 
 @pytest.mark.parametrize("flag", ["url_column", "text_column", "image_column"])
 def test_an_unknown_named_column_lists_the_columns(flag):
     columns = ["URL", "TEXT", "image", "punsafe"]
-    message = _one_line_error(map_columns, columns, SourceConfig(**{flag: "nope"}), "my-source")
+    message = _one_line_error(map_columns, _schema(columns), SourceConfig(**{flag: "nope"}), "my-source")
     assert f"--{flag}" in message and "nope" in message and "my-source" in message
     assert all(column in message for column in columns)
 
 
 def test_no_url_and_no_image_column_is_an_error():
-    message = _one_line_error(map_columns, ["TEXT", "WIDTH"], SourceConfig(), "my-source")
+    message = _one_line_error(map_columns, _schema(["TEXT", "WIDTH"]), SourceConfig(), "my-source")
     assert "my-source" in message
 
 
 def test_no_text_column_is_allowed():
-    mapping = map_columns(["url", "WIDTH"], SourceConfig(), "src")
+    mapping = map_columns(_schema(["url", "WIDTH"]), SourceConfig(), "src")
     assert (mapping.url, mapping.text) == ("url", None)
 
 
@@ -218,9 +223,9 @@ def test_an_image_column_comes_back_undecoded_and_keys_rows_without_url(tmp_path
     cfg = SourceConfig(source=str(path))
     features, rows = _rows(resolve_source(cfg), cfg)
 
-    assert isinstance(features["image"], Image) and not features["image"].decode
+    assert features["image"] == Image()  # the output declares it as the source did: decodable by consumers
     assert [row["image"]["bytes"] for row in rows] == images  # dicts of bytes, not PIL images
-    assert [row["_row_key"] for row in rows] == [urls[0]] + [hashlib.sha256(b).hexdigest() for b in images[1:]]
+    assert [row["_row_key"] for row in rows] == [hashlib.sha256(b).hexdigest() for b in images]  # URL or not
 
 
 @pytest.mark.parametrize("missing", ["URL", "TEXT"])
@@ -240,12 +245,12 @@ def test_an_image_source_without_url_or_text_column_stays_undecoded(tmp_path, mi
     features, rows = _rows(resolve_source(cfg), cfg)
 
     assert set(features) == {"URL", "TEXT", "image"}
-    assert isinstance(features["image"], Image) and not features["image"].decode
+    assert features["image"] == Image()
     urls = data.get("link", [None, None])
     assert [row["URL"] for row in rows] == urls
     assert [row["TEXT"] for row in rows] == data.get("txt", [None, None])
     assert [row["image"]["bytes"] for row in rows] == images
-    assert [row["_row_key"] for row in rows] == [url or hashlib.sha256(b).hexdigest() for url, b in zip(urls, images)]
+    assert [row["_row_key"] for row in rows] == [hashlib.sha256(b).hexdigest() for b in images]
 
 
 # --- open_stream: the work split -----------------------------------------------------------------------------
@@ -305,3 +310,124 @@ def test_max_samples_is_the_first_rows_whatever_the_world_size(tmp_path, layout)
     max_samples = 7  # crosses a row group / file boundary
     for world_size in (1, 2, 3):
         _check_split(_per_rank(source, world_size, max_samples), all_rows[:max_samples])
+
+
+# --- resume: a later .skip(n) skips n of this process's own rows ---------------------------------------------
+
+
+@pytest.mark.parametrize(("layout", "world_size", "max_samples"), [
+    ("one row group", 2, None),  # split row by row: the case that duplicated rows on resume
+    ("one row group", 3, None),
+    ("four row groups", 2, None),  # split by whole row groups
+    ("three files", 2, None),  # 3 files on 2 processes: row groups, else row by row
+    ("four row groups", 2, 13),  # --max_samples: row by row
+])
+def test_skipping_rows_skips_this_process_rows_whatever_the_split(tmp_path, layout, world_size, max_samples):
+    source = {"one row group": lambda: _single_file(tmp_path, 40, 1)[0],
+              "four row groups": lambda: _single_file(tmp_path, 40, 4)[0],
+              "three files": lambda: _three_files(tmp_path)[0]}[layout]()
+    cfg = SourceConfig(source=source, max_samples=max_samples)
+    resolved = resolve_source(cfg)
+    for rank in range(world_size):
+        own = [row["n"] for row in open_stream(resolved, cfg, rank, world_size)[1]]
+        for done in (1, len(own) - 1):
+            rest = [row["n"] for row in open_stream(resolved, cfg, rank, world_size)[1].skip(done)]
+            assert rest == own[done:], f"rank {rank} after {done} of its rows"
+
+
+# --- bad sources: one line before any work, or every row kept -----------------------------------------------
+
+
+def test_files_without_rows_are_left_out_and_a_source_without_any_is_named(tmp_path, caplog):
+    good = _write(tmp_path / "src" / "a.parquet", _numbered(0, 3))
+    _write(tmp_path / "src" / "b.parquet", _numbered(0, 0))  # 0 rows
+    (tmp_path / "src" / "c.parquet").write_bytes(b"")  # 0 bytes: an interrupted copy
+    resolved = check_source(SourceConfig(source=str(tmp_path / "src")))
+    assert resolved.parquet_files == [str(good)] and resolved.rows == 3
+    assert "b.parquet" in caplog.text and "c.parquet" in caplog.text
+    cfg = SourceConfig(source=str(tmp_path / "src"))
+    assert [row["n"] for row in open_stream(resolved, cfg, 0, 1)[1]] == [0, 1, 2]
+
+    empty = _write(tmp_path / "zero.parquet", _numbered(0, 0))
+    assert "has no rows" in _one_line_error(check_source, SourceConfig(source=str(empty)))
+
+
+def test_an_unreadable_file_among_good_ones_is_named(tmp_path):
+    _write(tmp_path / "src" / "a.parquet", _numbered(0, 3))
+    (tmp_path / "src" / "b.parquet").write_bytes(b"PAR1 truncated")
+    assert "b.parquet" in _one_line_error(check_source, SourceConfig(source=str(tmp_path / "src")))
+
+
+def test_files_with_other_columns_are_named(tmp_path):
+    _write(tmp_path / "src" / "a.parquet", _numbered(0, 3))
+    _write(tmp_path / "src" / "b.parquet", _numbered(3, 5).append_column("extra", pa.array([1, 2])))
+    message = _one_line_error(check_source, SourceConfig(source=str(tmp_path / "src")))
+    assert "b.parquet" in message and "'extra'" in message
+
+
+def test_duplicate_column_names_are_named(tmp_path):
+    table = _numbered(0, 2)
+    duplicated = pa.Table.from_arrays([*table.columns, table.column("caption")], names=[*table.column_names, "caption"])
+    message = _one_line_error(check_source, SourceConfig(source=str(_write(tmp_path / "d.parquet", duplicated))))
+    assert "duplicate column names: caption" in message
+
+
+def test_a_map_column_is_named_before_any_work(tmp_path):
+    meta = pa.array([[("k", 1)], []], pa.map_(pa.string(), pa.int64()))
+    path = _write(tmp_path / "m.parquet", _numbered(0, 2).append_column("meta", pa.array([{"m": m} for m in
+                                                                                          meta.to_pylist()],
+                                                                                         pa.struct([("m", meta.type)]))))
+    message = _one_line_error(check_source, SourceConfig(source=str(path)))
+    assert "'meta'" in message and "map<" in message
+
+
+@pytest.mark.parametrize("values", [["a.jpg", "b.jpg"], [1, 2]])
+def test_an_image_column_that_holds_no_images(tmp_path, caplog, values):
+    path = _write(tmp_path / "rows.parquet", _numbered(0, 2).append_column("image", pa.array(values)))
+    named = _one_line_error(check_source, SourceConfig(source=str(path), image_column="image"))
+    assert "--image_column 'image'" in named and str(pa.array(values).type) in named
+    cfg = SourceConfig(source=str(path))  # found by its name only: passed through, the URLs are fetched
+    resolved = check_source(cfg)
+    assert "not image bytes" in caplog.text
+    rows = list(open_stream(resolved, cfg, 0, 1)[1])
+    assert [row["image"] for row in rows] == values and [row["_row_key"] for row in rows] == [row["URL"] for row in rows]
+
+
+def test_invalid_utf8_keeps_its_row_with_the_bad_bytes_replaced(tmp_path):
+    captions = pa.array([b"fine", b"caf\xe9 \xff", None, b"ok"], pa.binary()).view(pa.string())  # unchecked bytes
+    table = pa.table({"url": [f"http://img.test/{i}.jpg" for i in range(4)], "caption": captions, "n": [0, 1, 2, 3]})
+    cfg = SourceConfig(source=str(_write(tmp_path / "rows.parquet", table)))
+    rows = list(open_stream(check_source(cfg), cfg, 0, 1)[1])
+    assert [row["TEXT"] for row in rows] == ["fine", "caf\ufffd \ufffd", None, "ok"]
+    assert [row["n"] for row in rows] == [0, 1, 2, 3]
+
+
+# --- image columns written by `datasets`: never decoded or fetched on the way in ------------------------------
+
+
+def test_an_image_feature_column_is_never_decoded_or_fetched(tmp_path, image_server):
+    """`Dataset.cast_column("image", Image())`-written cells: corrupt bytes, a path that is a loopback URL (and
+    no bytes), also in a second, nested image column; streaming must hand them over untouched."""
+    import datasets
+
+    path_url = image_server.url("/img/jpeg_rgb?stream=1")
+    nested_url = image_server.url("/img/png_rgb?stream=2")
+    good = _png("red")
+    dataset = datasets.Dataset.from_dict({
+        "url": ["http://img.test/0.jpg", "http://img.test/1.jpg", "http://img.test/2.jpg"],
+        "image": [{"bytes": b"\xff\xd8 not a jpeg", "path": None}, {"bytes": None, "path": path_url},
+                  {"bytes": good, "path": None}],
+        "thumbs": [[{"bytes": None, "path": nested_url}], [], [{"bytes": good, "path": None}]],
+    }, features=Features({"url": Value("string"), "image": Image(), "thumbs": datasets.List(Image())}))
+    dataset.to_parquet(tmp_path / "rows.parquet")
+    fetched = [image_server.count("/img/jpeg_rgb?stream=1"), image_server.count("/img/png_rgb?stream=2")]
+    cfg = SourceConfig(source=str(tmp_path / "rows.parquet"))
+    features, stream = open_stream(check_source(cfg), cfg, 0, 1)
+    rows = list(stream)
+    assert [row["image"] for row in rows] == [{"bytes": b"\xff\xd8 not a jpeg", "path": None},
+                                              {"bytes": None, "path": path_url}, {"bytes": good, "path": None}]
+    assert rows[0]["thumbs"] == [{"bytes": None, "path": nested_url}]
+    # (writing the source with `datasets` fetched them; streaming it must not, nor later stages' renames)
+    assert [image_server.count("/img/jpeg_rgb?stream=1"), image_server.count("/img/png_rgb?stream=2")] == fetched
+    assert features["image"] == Image() and features["thumbs"] == datasets.List(Image())  # as declared
+    assert rows[0]["_row_key"] == hashlib.sha256(b"\xff\xd8 not a jpeg").hexdigest()
