@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from accelerate import PartialState
 
+from builder.cli import agree_on
 from builder.config import BuildConfig, save_config
 from builder.hub import push_output
 from builder.interrupt import RunInterrupted, stop_on_signals
+from builder.output_lock import output_lock
 from builder.prefetch import prefetch, rows_of
 from builder.progress import RankProgress
 from builder.resume import RankRecord, load_record, save_record, start_or_resume
@@ -102,20 +105,34 @@ def split_retry(source_features, rows):
 def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict | None:
     """Run (or resume) this process's share; the main process returns the merged stats once all are done.
 
-    Raises `ConfigError` when the output folder holds a different run, `RunInterrupted` on SIGTERM/SIGINT.
+    Raises `ConfigError` (in every process) when the output folder is in use or holds a different run,
+    `RunInterrupted` on SIGTERM/SIGINT.
     """
+    if cfg.run.preset == "tiny":
+        from builder.tiny_models import build_tiny_models
+
+        with state.main_process_first():
+            build_tiny_models(cfg.run.cache_dir)
+        if state.is_main_process:
+            logger.warning(TINY_WARNING)
+    with ExitStack() as held:  # the main process holds the output folder until the run ends
+        agree_on(state, lambda: claim_output(cfg, state.num_processes, held))
+        return write_and_publish(cfg, source, state)
+
+
+def claim_output(cfg: BuildConfig, world_size: int, held: ExitStack) -> None:
+    """Main process, before anything is written: take the output folder for this run alone (the lock stays in
+    `held`), then start the run in it or find the earlier attempt to resume."""
+    output_dir = Path(cfg.run.output_dir)
+    held.enter_context(output_lock(output_dir))
+    start_or_resume(output_dir, cfg, world_size, cfg.run.overwrite)
+
+
+def write_and_publish(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict | None:
+    """This process's rows into chunks; once every process is done, the main one writes the card and gallery
+    and pushes, returning the merged stats."""
     output_dir = Path(cfg.run.output_dir)
     rank = state.process_index
-    with state.main_process_first():
-        if state.is_main_process:
-            start_or_resume(output_dir, cfg, state.num_processes, cfg.run.overwrite)
-        if cfg.run.preset == "tiny":
-            from builder.tiny_models import build_tiny_models
-
-            build_tiny_models(cfg.run.cache_dir)
-    if cfg.run.preset == "tiny" and state.is_main_process:
-        logger.warning(TINY_WARNING)
-
     record = load_record(output_dir, rank)
     if record.rows and not record.done:
         logger.info("rank %d: resuming after %d rows in %d chunks", rank, record.rows, record.chunks)
