@@ -9,12 +9,15 @@ settings (`progress/run.json`); a re-run whose settings would change results is 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from builder.config import BuildConfig, ConfigError
 from builder.durable import write_json_durably
+
+logger = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 # Settings that change how a run goes, never what it writes; everything else but the publish section (card,
@@ -60,26 +63,37 @@ def run_settings(cfg: BuildConfig, world_size: int) -> dict:
 
 
 def start_or_resume(output_dir: Path, cfg: BuildConfig, world_size: int, overwrite: bool) -> None:
-    """Main process, before any work: clear the folder for --overwrite, refuse a changed run, record a new one."""
+    """Main process, before any work: clear the folder for --overwrite, refuse a changed run that has written
+    rows, record a new one. An earlier attempt that wrote no rows (it failed early, say on a mistyped model id)
+    holds nothing to protect: a changed command starts over without --overwrite."""
     output_dir = Path(output_dir)
     if overwrite:
-        for name in RUN_OUTPUTS:
-            path = output_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        remove_run_outputs(output_dir, RUN_OUTPUTS)
     current = run_settings(cfg, world_size)
     run_file = progress_dir(output_dir) / RUN_FILE
+    has_rows = any((output_dir / "data").glob("*.parquet"))
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         changed = [key for key in sorted(previous.keys() | current.keys()) if previous.get(key) != current.get(key)]
-        if changed:
+        if not changed:
+            return
+        if has_rows:
             differences = ", ".join(f"{key} {previous.get(key)!r} -> {current.get(key)!r}" for key in changed)
             raise ConfigError(f"--output_dir {output_dir} holds a run with other settings ({differences}); "
                               "run the same command to resume it, or add --overwrite to start over")
-        return
-    if any((output_dir / "data").glob("*.parquet")):
+        logger.info("%s: an earlier attempt with other settings wrote no rows; starting over", output_dir)
+        remove_run_outputs(output_dir, ("progress", "stats"))
+    elif has_rows:
         raise ConfigError(f"--output_dir {output_dir} holds data/*.parquet from a run that did not record its "
                           "settings; add --overwrite to start over")
     write_json_durably(run_file, current)
+
+
+def remove_run_outputs(output_dir: Path, names: tuple[str, ...]) -> None:
+    """Delete these files or folders of `output_dir`, those that exist."""
+    for name in names:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
