@@ -4,7 +4,9 @@ import io
 import json
 import os
 import random
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,15 +31,30 @@ def _jpeg(i: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
-    """ROWS embedded images (no network), a few corrupt, in 4 row groups (2 per process)."""
-    path = tmp_path_factory.mktemp("source") / "rows.parquet"
+LAYOUTS = {  # row group size of the one source file
+    "row groups": ROWS // 4,  # 4 row groups: each process reads 2 whole ones
+    "one row group": ROWS,  # split row by row, where resuming once duplicated rows
+}
+
+
+def _write_source(path: Path, layout: str) -> Path:
+    """ROWS embedded images (no network), a few corrupt, in one file laid out as `layout` says."""
     images = [b"not an image" if i % 23 == 5 else _jpeg(i) for i in range(ROWS)]
     pq.write_table(pa.table({"url": [f"https://example.invalid/{i}.jpg" for i in range(ROWS)],
                              "caption": [f"alt text {i}" for i in range(ROWS)],
-                             "image": pa.array(images, pa.binary())}), path, row_group_size=ROWS // 4)
+                             "image": pa.array(images, pa.binary())}), path, row_group_size=LAYOUTS[layout])
     return path
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("source")
+    return {layout: _write_source(folder / f"{layout.replace(' ', '-')}.parquet", layout) for layout in LAYOUTS}
+
+
+@pytest.fixture(scope="module")
+def source(sources) -> Path:
+    return sources["row groups"]
 
 
 def _command(source: Path, output: Path, cache_dir: Path, *extra: str) -> list[str]:
@@ -93,12 +110,24 @@ def _rows_by_url(output: Path) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def clean(source, tmp_path_factory, tiny_models) -> dict[str, dict]:
-    output = tmp_path_factory.mktemp("clean")
-    _finish(_command(source, output, Path(tiny_models.captioner).parents[1]))
-    rows = _rows_by_url(output)
-    assert len(rows) == ROWS
-    return rows
+def clean_runs(sources, tmp_path_factory, tiny_models):
+    """An uninterrupted run's rows by URL, per source layout, made once when first asked for."""
+    made: dict[str, dict[str, dict]] = {}
+
+    def clean(layout: str) -> dict[str, dict]:
+        if layout not in made:
+            output = tmp_path_factory.mktemp("clean")
+            _finish(_command(sources[layout], output, Path(tiny_models.captioner).parents[1]))
+            made[layout] = _rows_by_url(output)
+            assert len(made[layout]) == ROWS
+        return made[layout]
+
+    return clean
+
+
+@pytest.fixture(scope="module")
+def clean(clean_runs) -> dict[str, dict]:
+    return clean_runs("row groups")
 
 
 def _assert_same_output(output: Path, clean: dict[str, dict]) -> None:
@@ -113,10 +142,11 @@ def _assert_same_output(output: Path, clean: dict[str, dict]) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_killed_at_random_moments_then_resumed_equals_a_clean_run(source, tmp_path, tiny_models, clean):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_killed_at_random_moments_then_resumed_equals_a_clean_run(sources, tmp_path, tiny_models, clean_runs, layout):
     cache_dir = Path(tiny_models.captioner).parents[1]
     output = tmp_path / "out"
-    command = _command(source, output, cache_dir)
+    command = _command(sources[layout], output, cache_dir)
     rng = random.Random(0)
     kills = 0
     for threshold in (ROWS_PER_CHUNK, ROWS // 2, ROWS - 2 * ROWS_PER_CHUNK):
@@ -140,25 +170,51 @@ def test_killed_at_random_moments_then_resumed_equals_a_clean_run(source, tmp_pa
     (output / "data" / f".train-00001-{99:05d}.parquet.tmp").write_bytes(b"PAR1 half")
     assert kills >= 2 and _recorded_rows(output) < ROWS, "the kills landed after the run had finished"
     _finish(command)
-    _assert_same_output(output, clean)
+    _assert_same_output(output, clean_runs(layout))
     print(f"temp-file race won: {caught}")
 
 
 @pytest.mark.timeout(300)
-def test_sigterm_stops_within_seconds_with_a_resumable_state(source, tmp_path, tiny_models, clean):
-    command = _command(source, tmp_path / "out", Path(tiny_models.captioner).parents[1])
+@pytest.mark.parametrize(("layout", "signum"), [("one row group", signal.SIGINT), ("row groups", signal.SIGTERM)])
+def test_a_signal_stops_within_seconds_with_a_resumable_state(sources, tmp_path, tiny_models, clean_runs, layout,
+                                                              signum):
+    """Ctrl-C (SIGINT) or a scheduler's SIGTERM."""
+    output = tmp_path / "out"
+    command = _command(sources[layout], output, Path(tiny_models.captioner).parents[1])
     proc = _start(command)
-    assert _wait_for(lambda: _recorded_rows(tmp_path / "out") >= ROWS_PER_CHUNK, proc), proc.communicate()[1][-3000:]
+    assert _wait_for(lambda: _recorded_rows(output) >= ROWS_PER_CHUNK, proc), proc.communicate()[1][-3000:]
     sent = time.monotonic()
-    _kill_group(proc, signal.SIGTERM)
+    _kill_group(proc, signum)
     _, stderr = proc.communicate(timeout=60)
     stopped_after = time.monotonic() - sent
     assert proc.returncode != 0
     assert stopped_after < 10, f"took {stopped_after:.1f}s to stop"
     assert "run the same command again to resume" in stderr
-    assert 0 < _recorded_rows(tmp_path / "out") < ROWS
+    assert 0 < _recorded_rows(output) < ROWS
     _finish(command)
-    _assert_same_output(tmp_path / "out", clean)
+    _assert_same_output(output, clean_runs(layout))
+
+
+@pytest.mark.timeout(300)
+def test_a_run_into_a_folder_in_use_is_refused_once_and_writes_nothing(source, tmp_path, tiny_models):
+    output = tmp_path / "out"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom builder.output_lock import output_lock\n"
+                               "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n",
+                               str(output)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = subprocess.run(_command(source, output, Path(tiny_models.captioner).parents[1]), cwd=REPO, env=ENV,
+                                 capture_output=True, text=True, timeout=240)
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    ours = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode != 0 and len(ours) == 1, refused.stderr[-3000:]  # once, not once per process
+    assert ours[0] == f"error: --output_dir {output} is in use by another run (pid {holder.pid} on " \
+        f"{socket.gethostname()} since " + ours[0].split(" since ")[1]
+    assert not re.search(r"\[rank\d\]: Traceback", refused.stderr)  # none from our processes
+    assert sorted(p.name for p in output.iterdir()) == [".lock"]  # nothing written
 
 
 def _single(output: Path, cache_dir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -192,16 +248,33 @@ def test_an_output_dir_with_unrecorded_parquet_is_refused(tmp_path, tiny_models)
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
 
 
+def _corrupt_last_row_group(path: Path) -> bytes:
+    """Overwrite the middle of the last row group's image data (rank 1's second shard) with garbage, as a bad
+    disk sector would; returns the file's original bytes."""
+    original = path.read_bytes()
+    chunk = pq.ParquetFile(path).metadata.row_group(3).column(2)
+    start = (chunk.dictionary_page_offset or chunk.data_page_offset) + chunk.total_compressed_size // 3
+    path.write_bytes(original[:start] + bytes(range(256)) * 8 + original[start + 2048:])
+    return original
+
+
 @pytest.mark.timeout(300)
 def test_a_failed_rank_is_named_and_the_same_command_finishes_the_run(source, tmp_path, tiny_models, clean):
+    """Rank 1 breaks on a corrupt row group (torchrun then stops rank 0 too); what both recorded stays, and the
+    same command, once the file is whole again, finishes the run."""
+    copy = tmp_path / "rows.parquet"
+    copy.write_bytes(source.read_bytes())
     output = tmp_path / "out"
-    command = _command(source, output, Path(tiny_models.captioner).parents[1])
-    obstacle = output / "progress" / ".rank-00001.json.tmp"  # rank 1 cannot save its record after its first chunk
-    obstacle.mkdir(parents=True)
+    command = _command(copy, output, Path(tiny_models.captioner).parents[1])
+    original = _corrupt_last_row_group(copy)
     failed = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert failed.returncode != 0
-    assert "rank 1 failed; the 0 rows (0 chunks) it recorded are kept: run the same command again" in failed.stderr
-    obstacle.rmdir()
+    record = output / "progress" / "rank-00001.json"
+    kept = json.loads(record.read_text()) if record.exists() else {"rows": 0, "chunks": 0, "done": False}
+    assert not kept["done"]
+    assert (f"rank 1 failed; the {kept['rows']} rows ({kept['chunks']} chunks) it recorded are kept: "
+            "run the same command again") in failed.stderr
+    copy.write_bytes(original)
     _finish(command)
     _assert_same_output(output, clean)
 
@@ -211,3 +284,23 @@ def test_a_process_with_an_empty_share_finishes_cleanly(source, tmp_path, tiny_m
     _finish(_command(source, output, Path(tiny_models.captioner).parents[1], "--max_samples", "1"))
     assert [json.loads((output / "progress" / f"rank-{r:05d}.json").read_text())["rows"] for r in (0, 1)] == [1, 0]
     assert pq.read_table(sorted((output / "data").glob("*.parquet"))).num_rows == 1
+
+
+def test_a_changed_command_after_an_attempt_that_wrote_no_rows_starts_over(tmp_path):
+    """A first attempt that stopped before its first chunk (a mistyped model id, say) does not lock the folder
+    to its settings; once a chunk exists, a change is refused."""
+    from builder.config import ConfigError, parse_config
+    from builder.resume import start_or_resume
+
+    output = tmp_path / "out"
+    start_or_resume(output, parse_config(["--output_dir", str(output), "--top_p", "0.5"]), 2, overwrite=False)
+    (output / "progress" / "rank-00001.json").write_text(json.dumps({"chunks": 0, "rows": 0, "done": True,
+                                                                     "stats": {}}))
+    start_or_resume(output, parse_config(["--output_dir", str(output), "--top_p", "0.6"]), 2, overwrite=False)
+    assert json.loads((output / "progress" / "run.json").read_text())["top_p"] == 0.6
+    assert sorted(p.name for p in (output / "progress").iterdir()) == ["run.json"]
+
+    (output / "data").mkdir()
+    pq.write_table(pa.table({"x": [1]}), output / "data" / "train-00000-00000.parquet")
+    with pytest.raises(ConfigError, match="top_p 0.6 -> 0.7"):
+        start_or_resume(output, parse_config(["--output_dir", str(output), "--top_p", "0.7"]), 2, overwrite=False)
