@@ -12,6 +12,7 @@ import jinja2
 import yaml
 from huggingface_hub import DatasetCard
 
+from builder.durable import write_durably
 from builder.source import bundled_sample
 from dataset_card.columns import schema_rows
 from dataset_card.examples import sample_examples
@@ -92,6 +93,6 @@ def render_card(output_dir: Path, config: dict, stats: dict) -> str:
 
 
 def write_card(output_dir: Path, config: dict, stats: dict) -> None:
-    """Write `output_dir/README.md` (and `output_dir/plots/`); `config` is `BuildConfig.to_dict()`, `stats`
-    `merge_stats(...)`'s dict."""
-    DatasetCard(render_card(output_dir, config, stats)).save(Path(output_dir) / "README.md")
+    """Write `output_dir/README.md` (and `output_dir/plots/`), replacing the old card whole or not at all;
+    `config` is `BuildConfig.to_dict()`, `stats` `merge_stats(...)`'s dict."""
+    write_durably(Path(output_dir) / "README.md", DatasetCard(render_card(output_dir, config, stats)).save)

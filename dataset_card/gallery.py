@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jinja2
 
+from builder.durable import write_text_durably
 from dataset_card.examples import sample_examples
 from dataset_card.metadata import DEFAULT_PRETTY_NAME
 from dataset_card.output_files import data_files, read_schema
@@ -37,10 +38,10 @@ def render_gallery(output_dir: Path, config: dict) -> str:
 
 def write_gallery(output_dir: Path, config: dict) -> Path | None:
     """Write the gallery of `config["publish"]["gallery_rows"]` ok rows; None (and no file) when that is 0 or
-    the output has no rows."""
+    the output has no rows. The old gallery is replaced whole or not at all."""
     output_dir = Path(output_dir)
     if not config["publish"]["gallery_rows"] or not data_files(output_dir):
         return None
     path = output_dir / GALLERY
-    path.write_text(render_gallery(output_dir, config), encoding="utf-8")
+    write_text_durably(path, render_gallery(output_dir, config))
     return path
