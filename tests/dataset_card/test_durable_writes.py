@@ -8,7 +8,7 @@ import sys
 
 from dataset_card.card import render_card, write_card
 from dataset_card.gallery import render_gallery, write_gallery
-from tests.dataset_card.conftest import ENV, REPO, url_row, write_output
+from tests.dataset_card.conftest import ENV, REPO, Output, url_row, write_output
 
 # Writes past `limit` bytes into any one file fail with EFBIG (SIGXFSZ ignored, so the write raises instead of
 # killing the process). The limit is set after the imports, so that only the write under test meets it.
@@ -16,7 +16,8 @@ WRITE_UNDER_LIMIT = """
 import json, resource, signal, sys
 from dataset_card.card import write_card
 from dataset_card.gallery import write_gallery
-what, output, config, stats, limit = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5])
+what, output, limit = sys.argv[1], sys.argv[2], int(sys.argv[5])
+config, stats = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
 write_card(output, config, stats) if what == "card" else write_gallery(output, config)
@@ -56,7 +57,7 @@ def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
 
 
 def test_a_gallery_write_cut_off_by_a_full_disk_leaves_the_previous_gallery(built, tmp_path):
-    output = built.__class__(shutil.copytree(built.path, tmp_path / "out"), built.config, built.stats)
+    output = Output(shutil.copytree(built.path, tmp_path / "out"), built.config, built.stats)
     write_gallery(output.path, renamed(output.config, "The previous gallery"))
     previous = (output.path / "gallery.html").read_bytes()
     output.config = renamed(output.config, "The next gallery")
