@@ -2,9 +2,10 @@
 read from the parquet schema itself.
 
 No `configs` entry: the chunks' names already say their split (`data/train-*` is the train split by the
-file-name rule the Hub and `datasets` share), and with one `load_dataset` of the local folder caches by the
-folder's name and that entry alone, not by the files (`datasets` 5.2 hashes a README config's glob, never
-what it matches): a re-run into the folder, or another folder of the same name, read the old rows.
+file-name rule the Hub and `datasets` share), and a card that has one makes `load_dataset` of the local
+folder cache by the folder's name and that entry alone, not by the files (`datasets` 5.2 hashes a README
+config's glob, never what it matches): a re-run into the folder, or another folder of the same name, then
+reads the old rows.
 """
 
 from __future__ import annotations
