@@ -1,5 +1,5 @@
-"""README.md and gallery.html are replaced whole or not at all: a write that fails part-way (here for real,
-past a file-size limit, as on a full disk) leaves the previous card or gallery as it was, and no temp file."""
+"""README.md, its plots and gallery.html are replaced whole or not at all: a write that fails part-way (here
+for real, past a file-size limit, as on a full disk) leaves the previous file as it was, and no temp file."""
 
 import json
 import shutil
@@ -38,10 +38,15 @@ def hidden_files(folder) -> list:
     return [path for path in folder.rglob(".*") if path.is_file()]
 
 
-def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
+def long_output(path) -> Output:
+    """An output whose card (60 examples of long texts) is larger than any of its plots."""
     rows = [url_row(f"http://example.invalid/{i}.jpg", f"alt-text {i} " * 40, caption=f"caption {i} " * 30)
             for i in range(60)]
-    output = write_output(tmp_path / "out", rows, "--card_examples", "60")
+    return write_output(path, rows, "--card_examples", "60")
+
+
+def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
+    output = long_output(tmp_path / "out")
     write_card(output.path, renamed(output.config, "The previous card"), output.stats)
     previous = (output.path / "README.md").read_bytes()
     output.config = renamed(output.config, "The next card")
@@ -53,6 +58,18 @@ def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
     failed = write_under_limit("card", output, limit)
     assert failed.returncode != 0 and "File too large" in failed.stderr, failed.stderr[-2000:]
     assert (output.path / "README.md").read_bytes() == previous
+    assert hidden_files(output.path) == []
+
+
+def test_a_plot_write_cut_off_by_a_full_disk_leaves_the_previous_plots(tmp_path):
+    output = long_output(tmp_path / "out")
+    write_card(output.path, output.config, output.stats)
+    previous = {path: path.read_bytes() for path in output.path.glob("plots/*.png")}
+    assert len(previous) == 3
+
+    failed = write_under_limit("card", output, min(len(png) for png in previous.values()) // 2)
+    assert failed.returncode != 0 and "File too large" in failed.stderr, failed.stderr[-2000:]
+    assert {path: path.read_bytes() for path in output.path.glob("plots/*.png")} == previous
     assert hidden_files(output.path) == []
 
 
