@@ -12,6 +12,7 @@ import jinja2
 import yaml
 from huggingface_hub import DatasetCard
 
+from builder.durable import write_durably
 from builder.source import bundled_sample
 from dataset_card.columns import schema_rows
 from dataset_card.examples import sample_examples
@@ -19,17 +20,20 @@ from dataset_card.metadata import card_data, output_features
 from dataset_card.output_files import count_rows, data_files
 from dataset_card.plots import write_plots
 from dataset_card.provenance import models_used
+from dataset_card.shown_text import shorten
 from dataset_card.summary import CaptionSummary, summarise
 
 TEMPLATE = "card_template.md"
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+MAX_ERROR_REASONS = 20  # the most common are listed; a web-scale run can count thousands of distinct ones
 
 
 def markdown_text(text) -> str:
-    """Untrusted text as one inert table cell: no HTML, no markup, no cell breaks, one line."""
+    """Untrusted text as one inert table cell: no HTML, no markup, no cell breaks, one line, cut to a bounded
+    length (`shorten`)."""
     if text is None:
         return "—"
-    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
+    return MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(shorten(" ".join(str(text).split())), quote=False))
 
 
 def code_span(text) -> str:
@@ -61,6 +65,14 @@ def distributions(summary: CaptionSummary) -> list[tuple]:
              summary.second_ranker.describe())]
 
 
+def error_rows(errors: dict[str, int], shown: int = MAX_ERROR_REASONS) -> tuple[list[tuple[str, int]], int, int]:
+    """The `shown` most common (reason, rows), then how many other reasons there are and how many rows they
+    count together."""
+    ranked = sorted(errors.items(), key=lambda item: -item[1])
+    rest = ranked[shown:]
+    return ranked[:shown], len(rest), sum(count for _, count in rest)
+
+
 def render_card(output_dir: Path, config: dict, stats: dict) -> str:
     """The card's text; writes its plots under `output_dir/plots/` on the way."""
     output_dir = Path(output_dir)
@@ -80,6 +92,7 @@ def render_card(output_dir: Path, config: dict, stats: dict) -> str:
         models=models_used(config),
         recipe=recipe(config),
         stats=stats,
+        errors=error_rows(stats["errors"]),
         rows=rows,
         ok_rows=ok_rows,
         ok_rate=ok_rows / rows if rows else 0.0,
@@ -92,6 +105,6 @@ def render_card(output_dir: Path, config: dict, stats: dict) -> str:
 
 
 def write_card(output_dir: Path, config: dict, stats: dict) -> None:
-    """Write `output_dir/README.md` (and `output_dir/plots/`); `config` is `BuildConfig.to_dict()`, `stats`
-    `merge_stats(...)`'s dict."""
-    DatasetCard(render_card(output_dir, config, stats)).save(Path(output_dir) / "README.md")
+    """Write `output_dir/README.md` (and `output_dir/plots/`), replacing the old card whole or not at all;
+    `config` is `BuildConfig.to_dict()`, `stats` `merge_stats(...)`'s dict."""
+    write_durably(Path(output_dir) / "README.md", DatasetCard(render_card(output_dir, config, stats)).save)

@@ -1,5 +1,12 @@
-"""The card's YAML header: what `load_dataset` needs to find the parquet (`configs`), what the Hub shows and
-filters on (license, task, size, source), and the features, read from the parquet schema itself."""
+"""The card's YAML header: what the Hub shows and filters on (license, task, size, source), and the features,
+read from the parquet schema itself.
+
+No `configs` entry: the chunks' names already say their split (`data/train-*` is the train split by the
+file-name rule the Hub and `datasets` share), and a card that has one makes `load_dataset` of the local
+folder cache by the folder's name and that entry alone, not by the files (`datasets` 5.2 hashes a README
+config's glob, never what it matches): a re-run into the folder, or another folder of the same name, then
+reads the old rows.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,6 @@ from builder.source import resolve_source
 from dataset_card.output_files import read_schema
 
 DEFAULT_PRETTY_NAME = "Re-captioned images (LAION-COCO method)"
-DATA_FILES = "data/train-*"
 # The Hub's size_categories values: (upper bound, label), the last one open-ended.
 SIZE_CATEGORIES = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
@@ -48,7 +54,6 @@ def card_data(config: dict, rows: int, features: Features | None) -> DatasetCard
         task_categories=["image-to-text"],
         size_categories=[size_category(rows)],
         source_datasets=[source] if source else None,
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": DATA_FILES}]}],
     )
     if features is not None:
         DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)

@@ -11,13 +11,14 @@ matplotlib.use("Agg")  # files only: never look for a display, even on a desktop
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from builder.durable import write_durably  # noqa: E402
 from dataset_card.summary import CaptionSummary, Histogram  # noqa: E402
 
 PLOTS_DIR = "plots"
 
 
 def plot_histogram(histogram: Histogram, path: Path, title: str, xlabel: str) -> None:
-    """Bars of `histogram`, trimmed to the bins that hold rows."""
+    """Bars of `histogram`, trimmed to the bins that hold rows; the old plot is replaced whole or not at all."""
     used = np.flatnonzero(histogram.counts)
     first, last = used[0], used[-1] + 1
     edges = histogram.edges[first:last + 1]
@@ -26,7 +27,7 @@ def plot_histogram(histogram: Histogram, path: Path, title: str, xlabel: str) ->
         ax.bar(edges[:-1], histogram.counts[first:last], width=np.diff(edges), align="edge", color="#4c72b0")
         ax.set(title=title, xlabel=xlabel, ylabel="rows")
         fig.tight_layout()
-        fig.savefig(path, format="png")
+        write_durably(path, lambda temp: fig.savefig(temp, format="png"))
     finally:
         plt.close(fig)
 

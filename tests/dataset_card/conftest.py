@@ -7,16 +7,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from datasets import Dataset, Features, Value
+from datasets import Features, Value
 
 from builder.config import parse_config
 from builder.schema import output_features
 from builder.stats import RunStats, merge_stats
+from builder.writer import chunk_path, write_parquet_atomically
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+LOOPBACK_GALLERY = ("--allow_networks", "127.0.0.0/8", "--fetch_retries", "0", "--gallery_rows", "10")
 HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> a | b *c* [d](e)'
 
 
@@ -47,12 +50,27 @@ def built(tmp_path_factory, tiny_models) -> Output:
     return Output(output, _config(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
 
 
-def _url_row(url: str, text: str, status: str = "ok", error: str | None = None, caption: str = "a red square"):
+def url_row(url: str, text: str, status: str = "ok", error: str | None = None, caption: str = "a red square",
+            other: str = "a blue circle") -> dict:
+    """An output row of a source without images; `other` is the candidate the second ranker did not choose."""
     ok = status == "ok"
     return {"URL": url, "TEXT": text, "top_caption": caption if ok else None,
-            "top_caption_raw": caption if ok else None, "all_captions": [caption, "a blue circle"] if ok else None,
+            "top_caption_raw": caption if ok else None, "all_captions": [caption, other] if ok else None,
             "all_similarities": [0.31, 0.12] if ok else None, "rerank_similarities": [0.27, 0.05] if ok else None,
             "status": status, "error": error, "image_width": 64 if ok else None, "image_height": 48 if ok else None}
+
+
+def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int = 100) -> Output:
+    """An output folder as a run leaves it, card aside: `rows` in chunks from the project's chunk writer, and
+    the run's stats and config (`flags` as on the command line)."""
+    features = output_features(Features({"URL": Value("string"), "TEXT": Value("string")}))
+    for chunk, start in enumerate(range(0, len(rows), rows_per_chunk)):
+        table = pa.Table.from_pylist(rows[start:start + rows_per_chunk], schema=features.arrow_schema)
+        write_parquet_atomically(table, chunk_path(path, 0, chunk))
+    stats = RunStats()
+    stats.add({"status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
+    stats.save(path / "stats" / "rank-00000.json")
+    return Output(path, _config(path, *flags), merge_stats([path / "stats" / "rank-00000.json"]))
 
 
 @pytest.fixture
@@ -60,18 +78,10 @@ def url_output(tmp_path, image_server) -> Output:
     """An output whose source had no image column: its ok rows point at the loopback server, one of them at
     a 404 (the image went away since the run), and one caption is hostile HTML."""
     rows = [
-        _url_row(image_server.url("/img/jpeg_rgb?gallery=1"), "a red picture"),
-        _url_row(image_server.url("/img/png_rgba?gallery=2"), HOSTILE, caption=HOSTILE),
-        _url_row(image_server.url("/404?gallery=3"), "gone since"),
-        _url_row(image_server.url("/404?gallery=4"), "failed in the run", "fetch_error", "HTTP 404"),
-        _url_row("ftp://example.invalid/x.jpg", "wrong scheme", "invalid_url", "not http(s)"),
+        url_row(image_server.url("/img/jpeg_rgb?gallery=1"), "a red picture"),
+        url_row(image_server.url("/img/png_rgba?gallery=2"), HOSTILE, caption=HOSTILE),
+        url_row(image_server.url("/404?gallery=3"), "gone since"),
+        url_row(image_server.url("/404?gallery=4"), "failed in the run", "fetch_error", "HTTP 404"),
+        url_row("ftp://example.invalid/x.jpg", "wrong scheme", "invalid_url", "not http(s)"),
     ]
-    features = output_features(Features({"URL": Value("string"), "TEXT": Value("string")}))
-    (tmp_path / "data").mkdir()
-    Dataset.from_list(rows, features=features).to_parquet(tmp_path / "data" / "train-00000-00000.parquet")
-    stats = RunStats()
-    stats.add({"status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
-    stats.save(tmp_path / "stats" / "rank-00000.json")
-    config = _config(tmp_path, "--allow_networks", "127.0.0.0/8", "--fetch_retries", "0", "--gallery_rows", "10",
-                     "--source", "someone/some-dataset")
-    return Output(tmp_path, config, merge_stats([tmp_path / "stats" / "rank-00000.json"]))
+    return write_output(tmp_path, rows, *LOOPBACK_GALLERY, "--source", "someone/some-dataset")

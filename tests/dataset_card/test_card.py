@@ -7,6 +7,7 @@ from collections import Counter
 import datasets
 import pytest
 import yaml
+from datasets.data_files import DataFilesDict, get_data_patterns
 from huggingface_hub import DatasetCard
 from PIL import Image
 
@@ -46,11 +47,20 @@ def test_yaml_round_trips_with_the_fields_the_hub_and_load_dataset_read(card, bu
     assert data.pretty_name == "Tiny sample captions"
     assert data.task_categories == ["image-to-text"]
     assert data.size_categories == ["n<1K"]
-    assert data.configs == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    assert data.get("configs") is None  # see test_the_file_names_alone_make_every_chunk_the_train_split
     assert data.get("source_datasets") is None  # the bundled sample is no Hub dataset
     parquet_features = datasets.Features.from_arrow_schema(built.table().schema)
     assert data.dataset_info["features"] == parquet_features._to_yaml_list()
     assert datasets.Features._from_yaml_list(data.dataset_info["features"]) == parquet_features
+
+
+def test_the_file_names_alone_make_every_chunk_the_train_split(card, built):
+    """What the Hub and `datasets` do without `configs`: split by file name, over everything in the folder."""
+    patterns = get_data_patterns(built.path.as_posix())
+    found = DataFilesDict.from_patterns(patterns, base_path=built.path.as_posix())
+    assert list(found) == ["train"]
+    assert sorted(found["train"]) == [path.as_posix() for path in sorted(built.path.glob("data/*.parquet"))]
+    assert any(built.path.glob("plots/*.png")) and any(built.path.glob("stats/*.json"))  # there, and left out
 
 
 def test_load_dataset_still_reads_the_output(card, built, tmp_path):
@@ -144,5 +154,4 @@ def test_an_output_without_rows_still_gets_a_card(built, tmp_path):
     stats = {"rows": 0, "statuses": {}, "errors": {}, "stage_seconds": {}, "reused_rows": 0, "wall_seconds": 0.0}
     write_card(tmp_path, built.config, stats)
     card = DatasetCard.load(tmp_path / "README.md")
-    assert card.data.configs[0]["data_files"] == [{"split": "train", "path": "data/train-*"}]
     assert card.data.get("dataset_info") is None and "rows: **0**" in card.text
