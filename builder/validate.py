@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 from datasets import Features, Value
+from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
 from huggingface_hub import DatasetCard
 
 MAX_ROW_GROUP_BYTES = 100 * 2**20  # uncompressed; the viewer reads a whole row group at a time
@@ -130,7 +131,8 @@ def _has_page_index(metadata: pq.FileMetaData) -> bool:
 
 
 def _check_card(output_dir: Path, data_files: list[str], problems: dict[str, list[str]]) -> None:
-    """README.md parses as the Hub parses it, and its default config's train split covers every data file."""
+    """README.md parses as the Hub parses it, and its train split (its default config's, else the one file names
+    make) covers every data file."""
     if not (output_dir / "README.md").is_file():
         problems["README.md is missing"] = []
         return
@@ -142,12 +144,28 @@ def _check_card(output_dir: Path, data_files: list[str], problems: dict[str, lis
     configs = [config for config in card.data.get("configs") or [] if isinstance(config, dict)]
     config = next((c for c in configs if c.get("config_name") == "default"), configs[0] if configs else None)
     if config is None:
-        problems["README.md has no configs entry"] = []
+        _check_split_by_name(output_dir, data_files, problems)
         return
     patterns = _train_patterns(config.get("data_files"))
     if unmatched := [name for name in data_files if not any(_glob_match(name, p) for p in patterns)]:
         problem = f"README.md config {config.get('config_name')!r} train data_files {patterns} do not match"
         problems[problem].extend(unmatched)
+
+
+def _check_split_by_name(output_dir: Path, data_files: list[str], problems: dict[str, list[str]]) -> None:
+    """Without `configs` (our cards have none) the Hub and `datasets` split a repo's files by name, `data/train-*`
+    being the train split: every data file must land in train, and no other file in any split."""
+    try:
+        found = DataFilesDict.from_patterns(get_data_patterns(output_dir.as_posix()), base_path=output_dir.as_posix())
+    except EmptyDatasetError:
+        found = {}
+    named = {split: [Path(file).relative_to(output_dir).as_posix() for file in files] for split, files in found.items()}
+    if unmatched := [name for name in data_files if name not in named.get("train", [])]:
+        problems["README.md has no configs, and these names do not make the file part of the train split"].extend(
+            unmatched)
+    for split, files in named.items():
+        if split != "train":
+            problems[f"README.md has no configs, and these names make a {split} split"].extend(files)
 
 
 def _train_patterns(data_files) -> list[str]:

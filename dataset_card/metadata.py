@@ -17,7 +17,7 @@ from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from builder.config import ConfigError, SourceConfig
-from builder.source import resolve_source
+from builder.source import find_parquet_files
 from dataset_card.output_files import read_schema
 
 DEFAULT_PRETTY_NAME = "Re-captioned images (LAION-COCO method)"
@@ -35,7 +35,7 @@ def size_category(rows: int) -> str:
 def source_hub_id(config: dict) -> str | None:
     """The source's Hub dataset id, when the rows came from the Hub (not a local file or the bundled sample)."""
     try:
-        return resolve_source(SourceConfig(**config["source"])).hub_id
+        return find_parquet_files(SourceConfig(**config["source"])).hub_id
     except (ConfigError, ValueError):  # a local source that has since moved: not a Hub id either way
         return None
 

@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
+from builder.output_lock import LOCK_FILE
+
 REPO = Path(__file__).resolve().parents[1]
 PUSH = """
 import json, logging, sys
@@ -63,9 +65,9 @@ def _push(hub, output: Path, repo_id: str, **options) -> subprocess.CompletedPro
 
 
 def _pushable(output: Path) -> set[str]:
-    """Every file a final push must publish: all of the output but the progress records."""
+    """Every file a final push must publish: all of the output but the progress records and the run lock."""
     return {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()
-            and not p.relative_to(output).as_posix().startswith("progress/")}
+            and not p.relative_to(output).as_posix().startswith("progress/") and p.name != LOCK_FILE}
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from datasets import Features, Image, Value
+from huggingface_hub import DatasetCard
 
 from builder.schema import output_features
 from builder.validate import MAX_ROW_GROUP_BYTES, ViewerCheckError, check_viewer_ready, chunk_files_problem
@@ -112,21 +113,37 @@ def test_broken_card_yaml_is_rejected(tmp_path):
     assert line.startswith("README.md YAML is not valid: ")
 
 
+def _card_with_train_glob(output_dir: Path, glob: str) -> None:
+    """Give the card a `configs` entry (ours have none; a user may add one) whose train split is `glob`."""
+    card = DatasetCard.load(output_dir / "README.md")
+    card.data["configs"] = [{"config_name": "default", "data_files": [{"split": "train", "path": glob}]}]
+    card.save(output_dir / "README.md")
+
+
 @pytest.mark.parametrize("glob", ["data/train-*", "data/*.parquet", "data/**", "**/*.parquet", "*/train-*"])
 def test_a_card_whose_train_glob_covers_the_data_files_passes(tmp_path, glob):
     output_dir = good_output(tmp_path / "out", chunks=1)
-    card = (output_dir / "README.md").read_text()
-    (output_dir / "README.md").write_text(card.replace("path: data/train-*", f"path: '{glob}'"))
+    _card_with_train_glob(output_dir, glob)
     check_viewer_ready(output_dir)
 
 
 @pytest.mark.parametrize("glob", ["train-*", "*", "data/train-?", "data/*/*.parquet"])
 def test_a_card_whose_train_glob_misses_the_data_files_is_rejected(tmp_path, glob):
     output_dir = good_output(tmp_path / "out", chunks=1)
-    card = (output_dir / "README.md").read_text()
-    (output_dir / "README.md").write_text(card.replace("path: data/train-*", f"path: '{glob}'"))
+    _card_with_train_glob(output_dir, glob)
     assert problems(output_dir)[1:] == [
         f"README.md config 'default' train data_files ['{glob}'] do not match: data/train-00000-00000.parquet"]
+
+
+def test_without_configs_every_data_file_must_be_train_by_name_and_nothing_else_a_split(tmp_path):
+    output_dir = good_output(tmp_path / "out", chunks=1)
+    assert "configs" not in DatasetCard.load(output_dir / "README.md").data
+    write_parquet_atomically(output_table(), output_dir / "data" / "extra-00000.parquet")
+    (output_dir / "plots" / "validation-notes.png").write_bytes(b"\x89PNG")
+    assert problems(output_dir)[1:] == [
+        "README.md has no configs, and these names do not make the file part of the train split: "
+        "data/extra-00000.parquet",
+        "README.md has no configs, and these names make a validation split: plots/validation-notes.png"]
 
 
 def test_a_problem_in_many_files_names_the_first_twenty_and_counts_the_rest(tmp_path):

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+from builder.output_lock import LOCK_FILE
 from dataset_card.card import render_card, write_card
 from dataset_card.gallery import render_gallery, write_gallery
 from tests.dataset_card.conftest import ENV, REPO, Output, url_row, write_output
@@ -35,7 +36,8 @@ def renamed(config: dict, pretty_name: str) -> dict:
 
 
 def hidden_files(folder) -> list:
-    return [path for path in folder.rglob(".*") if path.is_file()]
+    """Hidden files a write left, but the run lock every build output holds."""
+    return [path for path in folder.rglob(".*") if path.is_file() and path.name != LOCK_FILE]
 
 
 def long_output(path) -> Output:
