@@ -36,6 +36,13 @@ class FetchConfig:
         default=89_478_485,  # Pillow's own decompression bomb limit
         metadata={"help": "Images with more pixels (read from the header) are a decode error."},
     )
+    max_image_decoded_bytes: int = field(
+        # Decodes an 8000x8000 RGBA PNG (~260 MB), a baseline JPEG of any size under the pixel cap (decoded at 1/8
+        # scale, a few MB), a progressive 4:2:0 one up to ~85 Mpx (3 bytes a pixel) and a WebP up to ~14 Mpx (19).
+        default=256 * 2**20,
+        metadata={"help": "Images whose decode would need more memory, in bytes (pixels after JPEG scaling, the "
+                          "decoder's buffers, RGB copies; estimated from the header), are a decode error."},
+    )
     resize_min_side: int = field(
         default=448,  # the largest model input: RN50x64 (BLIP-large takes 384, ViT-L/14 224)
         metadata={"help": "Decode and downscale so the shorter side is this (0: keep full size)."},
@@ -55,7 +62,7 @@ class FetchConfig:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name, low in (("fetch_retries", 0), ("fetch_backoff", 0), ("max_redirects", 0), ("resize_min_side", 0),
                           ("fetch_concurrency", 1), ("decode_threads", 1), ("max_image_bytes", 1),
-                          ("max_image_pixels", 1)):
+                          ("max_image_pixels", 1), ("max_image_decoded_bytes", 1)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name} must be >= {low}, got {getattr(self, name)}")
         if not self.user_agent.strip() or "\r" in self.user_agent or "\n" in self.user_agent:
@@ -75,19 +82,20 @@ class Decoder:
     It pickles as its settings: `datasets` pickles map functions to fingerprint them, and a pool cannot be.
     """
 
-    def __init__(self, threads: int, max_pixels: int, min_side: int | None):
+    def __init__(self, threads: int, max_pixels: int, max_decoded_bytes: int, min_side: int | None):
         self.threads, self.max_pixels, self.min_side = threads, max_pixels, min_side
+        self.max_decoded_bytes = max_decoded_bytes
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     def __reduce__(self):
-        return Decoder, (self.threads, self.max_pixels, self.min_side)
+        return Decoder, (self.threads, self.max_pixels, self.max_decoded_bytes, self.min_side)
 
     def decode_all(self, bodies: list[bytes]) -> list[tuple]:
         return list(self.pool.map(self._decode, bodies))
 
     def _decode(self, data: bytes) -> tuple:
         try:
-            return OK, None, decode_for_models(data, self.max_pixels, self.min_side)
+            return OK, None, decode_for_models(data, self.max_pixels, self.min_side, self.max_decoded_bytes)
         except ImageDecodeError as e:
             return DECODE_ERROR, e.reason, None
         except Exception as e:  # e.g. MemoryError: a row never raises out of the stage
@@ -110,7 +118,7 @@ def make_fetch_fn(cfg: FetchConfig, device=None) -> Callable[[dict[str, list]], 
         user_agent=cfg.user_agent, concurrency=cfg.fetch_concurrency,
         policy=AddressPolicy(parse_networks(cfg.allow_networks)), respect_optouts=cfg.respect_optouts,
     )
-    decoder = Decoder(cfg.decode_threads, cfg.max_image_pixels, cfg.resize_min_side or None)
+    decoder = Decoder(cfg.decode_threads, cfg.max_image_pixels, cfg.max_image_decoded_bytes, cfg.resize_min_side or None)
 
     def fetch_fn(batch: dict[str, list]) -> dict[str, list]:
         urls = batch["URL"]

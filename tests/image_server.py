@@ -34,13 +34,17 @@ def _save(img: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims `width` x `height` pixels: a decompression bomb, without the bomb."""
+_PNG_TYPES = {"1": (1, 0), "L": (8, 0), "RGB": (8, 2), "RGBA": (8, 6)}  # Pillow mode -> (bit depth, colour type)
+
+
+def _png_claiming(width: int, height: int, mode: str = "1") -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels of `mode`: a decompression bomb, without the bomb
+    (loading it fails: it has no pixel data)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    ihdr = struct.pack(">IIBBBBB", width, height, *_PNG_TYPES[mode], 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 

@@ -91,6 +91,17 @@ def test_decompression_bomb(image_server):
     assert row["_image"] is None
 
 
+def test_an_image_too_large_to_decode_in_memory(fetch, closed_port_url, png_claiming):
+    """9400x9400 RGBA is under the pixel cap, but would take over 256 MiB (the default) to decode."""
+    row = one(fetch, closed_port_url, png_claiming(9400, 9400, "RGBA"))
+    assert row["status"] == DECODE_ERROR and row["_image"] is None
+    assert row["error"].startswith("too large to decode: a 9400x9400 PNG needs ")
+    assert row["error"].endswith(f" bytes, over the limit of {256 * 2**20}")
+    lenient = make_fetch_fn(FetchConfig(max_image_decoded_bytes=2**30))
+    row = one(lenient, closed_port_url, png_claiming(9400, 9400, "RGBA"))
+    assert row["status"] == DECODE_ERROR and not row["error"].startswith("too large")  # it got to the (empty) pixels
+
+
 def test_connection_refused(fetch, closed_port_url):
     row = one(fetch, closed_port_url)
     assert row["status"] == FETCH_ERROR and "refused" in row["error"].lower()
@@ -194,6 +205,7 @@ def test_datasets_image_column_without_decoding(fetch, sample_images, closed_por
         ({"allow_networks": "10.0.0.0/8,nonsense"}, "--allow_networks"),
         ({"max_image_bytes": 0}, "--max_image_bytes must be >= 1, got 0"),
         ({"max_image_pixels": -3}, "--max_image_pixels must be >= 1, got -3"),
+        ({"max_image_decoded_bytes": 0}, "--max_image_decoded_bytes must be >= 1, got 0"),
         ({"user_agent": ""}, "--user_agent must be a non-empty single line, got ''"),
         ({"user_agent": "a\r\nX-Evil: 1"}, "--user_agent must be a non-empty single line"),
     ],
@@ -213,7 +225,8 @@ def test_config_as_cli_flags():
     assert (cfg.fetch_concurrency, cfg.fetch_timeout, cfg.max_image_pixels) == (4, 2.5, 89_478_485)
     help_text = parser.format_help()
     for flag in ("--fetch_timeout", "--fetch_concurrency", "--max_image_bytes", "--max_image_pixels", "--user_agent",
-                 "--allow_networks", "--respect_optouts", "--fetch_deadline", "--resize_min_side"):
+                 "--allow_networks", "--respect_optouts", "--fetch_deadline", "--resize_min_side",
+                 "--max_image_decoded_bytes"):
         assert flag in help_text
     with pytest.raises(ValueError, match="--fetch_concurrency must be >= 1, got 0"):
         parser.parse_args_into_dataclasses(["--fetch_concurrency", "0"])
