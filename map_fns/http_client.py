@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import socket
 import string
 import threading
@@ -53,19 +54,38 @@ def check_url(url: str | None) -> str:
     if not parts.hostname:
         raise ValueError("no host in URL")
     parts.port  # raises ValueError for a non-numeric or out-of-range port
-    if parts.hostname.replace(".", "").isdigit():  # `127.1`, `2130706433`: legacy forms that hide an address
+    if not url.isascii():
         try:
-            IPv4Address(parts.hostname)
-        except ValueError:
-            raise ValueError(f"{parts.hostname!r} is not a canonical IPv4 address") from None
-    if url.isascii():
-        return url
+            netloc = parts.netloc.encode("idna").decode("ascii")  # also maps full-width digits and dots to ASCII
+        except UnicodeError as e:
+            raise ValueError(f"bad host: {one_line(e)}") from e
+        path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
+        url = urlunsplit((parts.scheme, netloc, path, query, ""))
+    _check_numeric_host(urlsplit(url).hostname)
+    return url
+
+
+def _check_numeric_host(host: str) -> None:
+    """Refuse a host that names an IPv4 address in any but the canonical dotted-decimal form.
+
+    A host whose last label is a number is an IPv4 address to browsers (the WHATWG URL standard) and to C
+    resolvers (`inet_aton`, which getaddrinfo uses), and both read hex, octal and shortened forms:
+    `0x7f000001`, `0x7f.1`, `0177.0.0.1`, `127.1` and `2130706433` all reach 127.0.0.1. An address check
+    that does not parse the host the same way would be judging a name, not the address connected to.
+    """
+    if ":" in host:  # an IPv6 address (`urlsplit` checked it), maybe ending in an IPv4 one: the policy judges it
+        return
+    labels = host.split(".")
+    if len(labels) > 1 and not labels[-1]:  # one trailing dot
+        labels.pop()
+    if not (labels[-1].isdigit() or re.fullmatch("0x[0-9a-f]*", labels[-1])):  # `hostname` is lower case
+        return
     try:
-        netloc = parts.netloc.encode("idna").decode("ascii")
-    except UnicodeError as e:
-        raise ValueError(f"bad host: {one_line(e)}") from e
-    path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
-    return urlunsplit((parts.scheme, netloc, path, query, ""))
+        if str(IPv4Address(host)) == host:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"{host!r} is not a canonical IPv4 address")
 
 
 @dataclass(frozen=True)
@@ -229,7 +249,8 @@ class Downloader:
         raise _Failure(FETCH_ERROR, "too many redirects")
 
     def _check_ip_literal(self, url: str) -> None:
-        """aiohttp skips the resolver for hosts that look like IP addresses: check those here."""
+        """aiohttp skips the resolver for hosts that look like IP addresses (its `helpers.is_ip_address`: a colon,
+        or only digits and dots, which `check_url` allows in the canonical IPv4 form only): check those here."""
         host = URL(url, encoded=True).raw_host or ""
         if (":" in host or host.replace(".", "").isdigit()) and not self._policy.is_allowed(host):
             raise _Failure(BLOCKED, f"{host} is not a public address")

@@ -237,6 +237,15 @@ def test_loopback_is_blocked_unless_allowed(image_server):
     assert row["status"] == BLOCKED and "127.0.0.1" in row["error"] and row["_image"] is None
 
 
+@pytest.mark.parametrize("host", ["0x7f000001", "0x7f.1", "0177.0.0.1", "127.1", "2130706433", "127.0x0.1"])
+def test_ipv4_hosts_in_other_forms_are_invalid_though_loopback_is_allowed(fetch, image_server, host):
+    port = image_server.base.rsplit(":", 1)[1]
+    path = f"/img/png_rgb?form={host}"
+    row = one(fetch, f"http://{host}:{port}{path}")
+    assert (row["status"], row["error"]) == (INVALID_URL, f"{host!r} is not a canonical IPv4 address")
+    assert image_server.count(path) == 0
+
+
 def test_opted_out_images_are_never_decoded(fetch, image_server):
     row = one(fetch, image_server.url("/robots?tag=noai"))
     assert row["status"] == OPTED_OUT and "noai" in row["error"]

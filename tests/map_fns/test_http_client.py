@@ -233,7 +233,6 @@ def test_loopback_is_blocked_by_default(image_server, key):
             [
                 image_server.url(path),  # literal address: aiohttp skips the resolver for these
                 f"http://localhost:{port}{path}",  # a name: the resolver drops 127.0.0.1
-                f"http://0x7f000001:{port}{path}",  # a name to us, 127.0.0.1 to getaddrinfo
                 f"http://[::1]:{port}{path}",
                 f"http://[::ffff:127.0.0.1]:{port}{path}",
             ]
@@ -241,11 +240,57 @@ def test_loopback_is_blocked_by_default(image_server, key):
     assert [(r.status, r.error) for r in results] == [
         (BLOCKED, "127.0.0.1 is not a public address"),
         (BLOCKED, "127.0.0.1 is not a public address"),
-        (BLOCKED, "127.0.0.1 is not a public address"),
         (BLOCKED, "::1 is not a public address"),
         (BLOCKED, "::ffff:127.0.0.1 is not a public address"),
     ]
     assert image_server.count(path) == 0
+
+
+# Hosts that getaddrinfo (inet_aton) and browsers read as 127.0.0.1, though not written as it.
+HIDDEN_LOOPBACK = [
+    ("0x7f000001", "0x7f000001"),  # hex, whole
+    ("0x7f.1", "0x7f.1"),  # hex, shortened
+    ("0X7F.0.0.1", "0x7f.0.0.1"),  # hex, upper case
+    ("0177.0.0.1", "0177.0.0.1"),  # octal
+    ("017700000001", "017700000001"),  # octal, whole
+    ("127.1", "127.1"),  # shortened
+    ("127.0.1", "127.0.1"),
+    ("2130706433", "2130706433"),  # decimal, whole
+    ("127.0x0.01", "127.0x0.01"),  # mixed
+    ("127.0.0.1.", "127.0.0.1."),  # trailing dot
+    ("０ｘ７ｆ．１", "0x7f.1"),  # full-width: IDNA maps it to ASCII
+    ("１２７。１", "127.1"),
+]
+
+
+@pytest.mark.parametrize("host, ascii_host", HIDDEN_LOOPBACK)
+def test_non_canonical_ipv4_hosts_are_invalid_even_where_allowed(dl, image_server, key, host, ascii_host):
+    """`dl` allows 127.0.0.0/8: these hosts are refused for their form, not for where they lead."""
+    port = image_server.base.rsplit(":", 1)[1]
+    path = f"/img/bmp?hidden={key}"
+    assert one(dl, f"http://{host}:{port}{path}") == Download(
+        INVALID_URL, f"{ascii_host!r} is not a canonical IPv4 address", None)
+    target = quote(f"http://{ascii_host}:{port}{path}", safe="")  # a Location header is ASCII
+    assert one(dl, image_server.url(f"/redirect-to?url={target}&k={key}")) == Download(
+        INVALID_URL, f"bad redirect: {ascii_host!r} is not a canonical IPv4 address", None)
+    assert image_server.count(path) == 0
+    assert image_server.count(f"/redirect-to?url={target}&k={key}") == 1  # the redirect itself was fetched
+
+
+@pytest.mark.parametrize("url", ["http://0x7f.1.invalid/a.jpg", "http://cdn.0x7g/a.jpg", "http://0x.example/a.jpg",
+                                 "http://1e100.net/a.jpg", "http://127.0.0.1.example/a.jpg", "http://[::ffff:7f00:1]/"])
+def test_hosts_whose_last_label_is_not_a_number_are_names(url):
+    assert check_url(url) == url
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127。0。0。1", "0x7f.1.invalid"])
+def test_canonical_addresses_and_names_are_fetched(dl, image_server, sample_images, host):
+    port = image_server.base.rsplit(":", 1)[1]
+    result = one(dl, f"http://{host}:{port}/img/bmp")
+    if host.endswith(".invalid"):  # a name, looked up as one (and never found)
+        assert result.status == FETCH_ERROR and result.error.startswith("DNS lookup of 0x7f.1.invalid failed")
+    else:
+        assert result == Download(OK, None, sample_images["bmp"].data)
 
 
 def test_names_resolving_to_allowed_networks_are_fetched(dl, image_server, sample_images):
