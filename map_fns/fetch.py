@@ -55,6 +55,11 @@ class FetchConfig:
     respect_optouts: bool = field(
         default=True, metadata={"help": "Skip images whose server sends X-Robots-Tag noai/noimageai/noindex."}
     )
+    recent_downloads_bytes: int = field(
+        default=128 * 2**20,  # ~1,000 LAION-sized bodies (~100 kB), or ~250,000 failures
+        metadata={"help": "Memory per process for the outcomes (bodies, errors) of the latest downloads: a URL "
+                          "seen again within it is not requested again (0: only rows fetched together share)."},
+    )
 
     def __post_init__(self):
         for name in ("fetch_timeout", "fetch_deadline"):
@@ -62,7 +67,7 @@ class FetchConfig:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name, low in (("fetch_retries", 0), ("fetch_backoff", 0), ("max_redirects", 0), ("resize_min_side", 0),
                           ("fetch_concurrency", 1), ("decode_threads", 1), ("max_image_bytes", 1),
-                          ("max_image_pixels", 1), ("max_image_decoded_bytes", 1)):
+                          ("max_image_pixels", 1), ("max_image_decoded_bytes", 1), ("recent_downloads_bytes", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name} must be >= {low}, got {getattr(self, name)}")
         if not self.user_agent.strip() or "\r" in self.user_agent or "\n" in self.user_agent:
@@ -117,6 +122,7 @@ def make_fetch_fn(cfg: FetchConfig, device=None) -> Callable[[dict[str, list]], 
         max_redirects=cfg.max_redirects, retries=cfg.fetch_retries, backoff=cfg.fetch_backoff,
         user_agent=cfg.user_agent, concurrency=cfg.fetch_concurrency,
         policy=AddressPolicy(parse_networks(cfg.allow_networks)), respect_optouts=cfg.respect_optouts,
+        recent_bytes=cfg.recent_downloads_bytes,
     )
     decoder = Decoder(cfg.decode_threads, cfg.max_image_pixels, cfg.max_image_decoded_bytes, cfg.resize_min_side or None)
 

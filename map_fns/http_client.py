@@ -16,6 +16,7 @@ import socket
 import string
 import threading
 import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -38,6 +39,7 @@ _READ_CHUNK = 1 << 16
 _LIMIT_PER_HOST = 16  # politeness: LAION has millions of URLs on a few CDNs
 _DNS_CACHE_SECONDS = 300  # safe to cache: only addresses the policy allowed are cached
 _DNS_THREADS = 64  # getaddrinfo blocks a thread per lookup; asyncio's default pool is small
+_ENTRY_BYTES = 400  # a remembered outcome's objects and dict slot besides its texts and body (~275, tracemalloc)
 
 
 def check_url(url: str | None) -> str:
@@ -140,12 +142,50 @@ class _Transient(Exception):
         self.reason, self.retry_after = reason, retry_after
 
 
+class RecentOutcomes:
+    """The outcomes of the latest downloads, by URL, within a budget of bytes (bodies counted in full, so a
+    few large bodies cannot hold the memory that thousands of small ones would be counted for).
+
+    Not thread-safe: the downloader touches it from its event loop thread only.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._outcomes: OrderedDict[str, tuple[Download, int]] = OrderedDict()  # least recent first
+        self._bytes = 0
+
+    def get(self, url: str) -> Download | None:
+        entry = self._outcomes.get(url)
+        if entry is None:
+            return None
+        self._outcomes.move_to_end(url)
+        return entry[0]
+
+    def put(self, url: str, outcome: Download) -> None:
+        """Remember `outcome`, forgetting the least recently used ones beyond the budget."""
+        size = _ENTRY_BYTES + len(url) + len(outcome.error or "") + len(outcome.body or b"")
+        if url in self._outcomes:
+            self._bytes -= self._outcomes.pop(url)[1]
+        if size > self.max_bytes:
+            return
+        self._outcomes[url] = outcome, size
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._bytes -= self._outcomes.popitem(last=False)[1][1]
+
+
 class Downloader:
     """Download many URLs concurrently from synchronous code; one per process, reused across batches.
 
     It runs its own event loop in a daemon thread, so `fetch_all` may be called from any thread (a
     background prefetch thread included) and keeps connections alive between calls. `close()` when done;
     otherwise garbage collection or interpreter exit closes it. A pickled copy opens its own.
+
+    A URL is requested once however many rows ask for it: callers asking while it is in flight (in the
+    same call, or another thread's) wait for that request, and its outcome (body or error) is then kept
+    among the `recent_bytes` most recent outcomes, which later calls get without a request. This lives
+    here, not in the fetch stage, because everything here runs on the event loop thread: requests in
+    flight can be shared across threads without locks, and every caller of the downloader gains.
     """
 
     def __init__(
@@ -161,13 +201,16 @@ class Downloader:
         concurrency: int,
         policy: AddressPolicy,
         respect_optouts: bool,
+        recent_bytes: int,
     ):
         self._settings = dict(timeout=timeout, deadline=deadline, max_bytes=max_bytes, max_redirects=max_redirects,
                               retries=retries, backoff=backoff, user_agent=user_agent, concurrency=concurrency,
-                              policy=policy, respect_optouts=respect_optouts)  # fmt: skip
+                              policy=policy, respect_optouts=respect_optouts, recent_bytes=recent_bytes)  # fmt: skip
         self._timeout, self._deadline, self._max_bytes = timeout, deadline, max_bytes
         self._max_redirects, self._retries, self._backoff = max_redirects, retries, backoff
         self._user_agent, self._policy, self._respect_optouts = user_agent, policy, respect_optouts
+        self._recent = RecentOutcomes(recent_bytes)  # these two: only ever touched on the loop thread
+        self._in_flight: dict[str, asyncio.Future[Download]] = {}
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(ThreadPoolExecutor(_DNS_THREADS, thread_name_prefix="dns"))
         self._thread = threading.Thread(target=self._loop.run_forever, name="downloader", daemon=True)
@@ -220,6 +263,21 @@ class Downloader:
             url = check_url(url)
         except ValueError as e:
             return Download(INVALID_URL, one_line(e), None)
+        known = self._recent.get(url)
+        if known is not None:
+            return known
+        request = self._in_flight.get(url)
+        if request is None:
+            request = self._in_flight[url] = self._loop.create_task(self._download(url))
+            request.add_done_callback(functools.partial(self._settled, url))
+        return await asyncio.shield(request)  # a caller cancelled does not cancel the others' request
+
+    def _settled(self, url: str, request: asyncio.Future[Download]) -> None:
+        del self._in_flight[url]
+        if not request.cancelled() and request.exception() is None:
+            self._recent.put(url, request.result())
+
+    async def _download(self, url: str) -> Download:
         async with self._semaphore:  # the deadline starts once a slot is free, not while queued
             try:
                 body = await asyncio.wait_for(self._follow(url), self._deadline)  # asyncio.timeout needs 3.11

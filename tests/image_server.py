@@ -108,7 +108,7 @@ def closed_port_url() -> str:
 
 @dataclass
 class ImageServer:
-    base: str
+    base: str  # http://127.0.0.1:PORT; the same routes answer on 127.0.0.2 and [::1], at the same port
     requests: list[tuple[str, str]] = field(default_factory=list)  # (raw path, User-Agent) of every request
     client_ports: list[tuple[str, int]] = field(default_factory=list)  # (raw path, client port): connection reuse
     bytes_sent: Counter = field(default_factory=Counter)  # raw path -> body bytes written (streamed routes)
@@ -118,6 +118,11 @@ class ImageServer:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def url_at(self, host: str, path: str) -> str:
+        """`path` on another loopback address this server listens on: `127.0.0.2` or `[::1]`. The guard's tests
+        use them with only 127.0.0.1 allowed: a request that got through would be seen."""
+        return self.base.replace("127.0.0.1", host, 1) + path
 
     def count(self, path: str) -> int:
         """How many requests asked for exactly `path` (query included): give each test its own query."""
@@ -270,14 +275,35 @@ def image_server(sample_images, bomb_png):
             if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hanging up is normal here
                 super().handle_error(request, client_address)
 
-    httpd = Server(("127.0.0.1", 0), Handler)
-    server = ImageServer(base=f"http://127.0.0.1:{httpd.server_address[1]}")
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    class ServerV6(Server):
+        address_family = socket.AF_INET6
+
+    servers = _listen_on_loopbacks(Server, ServerV6, Handler)
+    server = ImageServer(base=f"http://127.0.0.1:{servers[0].server_address[1]}")
+    threads = [threading.Thread(target=httpd.serve_forever, daemon=True) for httpd in servers]
+    for thread in threads:
+        thread.start()
     try:
         yield server
     finally:
         stop.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        for httpd, thread in zip(servers, threads):
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+
+def _listen_on_loopbacks(server_v4, server_v6, handler, attempts: int = 5) -> list:
+    """Servers on 127.0.0.1, 127.0.0.2 and [::1], all at one free port (a port free on the first may be taken
+    on another: then try another port)."""
+    for _ in range(attempts):
+        servers = [server_v4(("127.0.0.1", 0), handler)]
+        port = servers[0].server_address[1]
+        try:
+            servers.append(server_v4(("127.0.0.2", port), handler))
+            servers.append(server_v6(("::1", port), handler))
+            return servers
+        except OSError:
+            for httpd in servers:
+                httpd.server_close()
+    raise OSError(f"no port free on 127.0.0.1, 127.0.0.2 and [::1] in {attempts} attempts")

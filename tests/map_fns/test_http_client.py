@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(30)
 LOOPBACK = AddressPolicy(parse_networks("127.0.0.0/8"))
 SETTINGS = dict(
     timeout=0.5, deadline=3.0, max_bytes=100_000, max_redirects=3, retries=2, backoff=0.05,
-    user_agent="laion-coco-builder/0.1", concurrency=8, policy=LOOPBACK, respect_optouts=True,
+    user_agent="laion-coco-builder/0.1", concurrency=8, policy=LOOPBACK, respect_optouts=True, recent_bytes=2**20,
 )  # fmt: skip
 
 
@@ -371,6 +371,64 @@ def test_opt_outs_can_be_ignored(image_server, sample_images):
     with make(respect_optouts=False) as downloader:
         result = one(downloader, image_server.url("/robots?tag=noai"))
     assert result == Download(OK, None, sample_images["jpeg_rgb"].data)
+
+
+# --- one request per URL ----------------------------------------------------------------------------
+
+
+def test_a_url_repeated_in_a_call_is_requested_once(dl, image_server, sample_images, key):
+    path = f"/img/webp?k={key}"
+    results = dl.fetch_all([image_server.url(path)] * 300 + [image_server.url(f"/404?k={key}")] * 300)
+    assert results == [Download(OK, None, sample_images["webp"].data)] * 300 + [Download(FETCH_ERROR, "HTTP 404", None)] * 300
+    assert (image_server.count(path), image_server.count(f"/404?k={key}")) == (1, 1)
+
+
+def test_recent_outcomes_are_reused_across_calls(dl, image_server, sample_images, key):
+    """Successes and failures alike: a URL that failed a moment ago is not asked for again either."""
+    urls = {path: image_server.url(path) for path in (f"/img/bmp?k={key}", f"/500?k={key}", f"/stall?k={key}")}
+    for _ in range(3):
+        results = dl.fetch_all([url for url in urls.values() for _ in range(100)])
+        assert results == ([Download(OK, None, sample_images["bmp"].data)] * 100
+                           + [Download(FETCH_ERROR, "HTTP 500", None)] * 100
+                           + [Download(FETCH_ERROR, "timed out after 0.5s", None)] * 100)
+    assert [image_server.count(path) for path in urls] == [1, 3, 3]  # the first calls' attempts (retries=2), only
+
+
+def test_a_request_in_flight_is_shared_with_other_threads(image_server, sample_images, key):
+    path = f"/sleep?s=0.3&k={key}"  # under the read timeout: one attempt, while every thread asks
+    results: list = []
+    with make(recent_bytes=0) as downloader:  # no outcome is kept: only sharing the request in flight can help
+        threads = [threading.Thread(target=lambda: results.extend(downloader.fetch_all([image_server.url(path)] * 10)))
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert results == [Download(OK, None, sample_images["jpeg_rgb"].data)] * 40
+    assert image_server.count(path) == 1
+
+
+def test_recent_outcomes_are_bounded_in_bytes(image_server, key):
+    """Room for two 20 kB bodies: the least recently used one goes; a body over the whole budget is not kept."""
+    body = {i: f"/robots?size=20000&k={key}-{i}" for i in range(4)}
+    with make(recent_bytes=50_000) as downloader:
+        for i in (0, 1, 0, 2):  # 0 used again after 1: 1 is the least recently used when 2 comes
+            assert one(downloader, image_server.url(body[i])) == Download(OK, None, bytes(20_000))
+        for i in (0, 2, 1):
+            assert one(downloader, image_server.url(body[i])).status == OK
+        assert [image_server.count(body[i]) for i in (0, 1, 2)] == [1, 2, 1]
+        huge = f"/robots?size=60000&k={key}-huge"
+        for _ in range(2):
+            assert one(downloader, image_server.url(huge)).status == OK
+        assert image_server.count(huge) == 2
+
+
+def test_without_a_window_only_a_call_shares_requests(image_server, key):
+    path = f"/img/png_rgb?k={key}"
+    with make(recent_bytes=0) as downloader:
+        for _ in range(3):
+            assert [r.status for r in downloader.fetch_all([image_server.url(path)] * 50)] == [OK] * 50
+    assert image_server.count(path) == 3
 
 
 # --- URLs and lifecycle ------------------------------------------------------------------------------
