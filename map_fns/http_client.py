@@ -4,7 +4,8 @@ LAION URLs are billions of open-web links, many dead, slow, redirected or hostil
 per-attempt connect/read timeouts and an overall deadline, retries with backoff for transient failures
 only (timeouts, HTTP 5xx and 429), redirects followed by hand and re-checked at every hop, a byte cap,
 an `X-Robots-Tag` opt-out check before the body is read, and connects only to addresses the
-`AddressPolicy` allows. A row's failure is data (`Download.status`), never an exception.
+`AddressPolicy` allows. The same URL is requested once while recent (LAION repeats URLs). A row's failure
+is data (`Download.status`), never an exception.
 """
 
 import asyncio
@@ -143,8 +144,8 @@ class _Transient(Exception):
 
 
 class RecentOutcomes:
-    """The outcomes of the latest downloads, by URL, within a budget of bytes (bodies counted in full, so a
-    few large bodies cannot hold the memory that thousands of small ones would be counted for).
+    """The outcomes of the latest downloads, by URL, within a budget of bytes: bodies are counted in full (a
+    count of entries would bound nothing when one body may be 32 MiB), the least recently used go first.
 
     Not thread-safe: the downloader touches it from its event loop thread only.
     """

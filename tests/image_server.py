@@ -1,5 +1,6 @@
 """The loopback image server and sample images: fixtures shared by the fetch tests and the end-to-end build."""
 
+import errno
 import gzip
 import io
 import os
@@ -108,7 +109,8 @@ def closed_port_url() -> str:
 
 @dataclass
 class ImageServer:
-    base: str  # http://127.0.0.1:PORT; the same routes answer on 127.0.0.2 and [::1], at the same port
+    base: str  # http://127.0.0.1:PORT
+    aliases: tuple[str, ...] = ()  # other loopback hosts serving the same routes at PORT: 127.0.0.2, [::1] if any
     requests: list[tuple[str, str]] = field(default_factory=list)  # (raw path, User-Agent) of every request
     client_ports: list[tuple[str, int]] = field(default_factory=list)  # (raw path, client port): connection reuse
     bytes_sent: Counter = field(default_factory=Counter)  # raw path -> body bytes written (streamed routes)
@@ -120,8 +122,8 @@ class ImageServer:
         return self.base + path
 
     def url_at(self, host: str, path: str) -> str:
-        """`path` on another loopback address this server listens on: `127.0.0.2` or `[::1]`. The guard's tests
-        use them with only 127.0.0.1 allowed: a request that got through would be seen."""
+        """`path` at one of the `aliases`. The guard's tests use them with only 127.0.0.1 allowed: a request that
+        got through would be seen."""
         return self.base.replace("127.0.0.1", host, 1) + path
 
     def count(self, path: str) -> int:
@@ -279,7 +281,8 @@ def image_server(sample_images, bomb_png):
         address_family = socket.AF_INET6
 
     servers = _listen_on_loopbacks(Server, ServerV6, Handler)
-    server = ImageServer(base=f"http://127.0.0.1:{servers[0].server_address[1]}")
+    server = ImageServer(base=f"http://127.0.0.1:{servers[0].server_address[1]}",
+                         aliases=("127.0.0.2", "[::1]")[: len(servers) - 1])
     threads = [threading.Thread(target=httpd.serve_forever, daemon=True) for httpd in servers]
     for thread in threads:
         thread.start()
@@ -294,16 +297,20 @@ def image_server(sample_images, bomb_png):
 
 
 def _listen_on_loopbacks(server_v4, server_v6, handler, attempts: int = 5) -> list:
-    """Servers on 127.0.0.1, 127.0.0.2 and [::1], all at one free port (a port free on the first may be taken
-    on another: then try another port)."""
+    """Servers at one free port on 127.0.0.1, 127.0.0.2 and, where the machine has IPv6, [::1] (a port free on
+    the first may be taken on another: then try another port)."""
     for _ in range(attempts):
         servers = [server_v4(("127.0.0.1", 0), handler)]
         port = servers[0].server_address[1]
         try:
             servers.append(server_v4(("127.0.0.2", port), handler))
-            servers.append(server_v6(("::1", port), handler))
+            try:
+                servers.append(server_v6(("::1", port), handler))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise
             return servers
         except OSError:
             for httpd in servers:
                 httpd.server_close()
-    raise OSError(f"no port free on 127.0.0.1, 127.0.0.2 and [::1] in {attempts} attempts")
+    raise OSError(f"no port free on all of 127.0.0.1, 127.0.0.2 and [::1] in {attempts} attempts")
