@@ -85,8 +85,8 @@ def image_source(url: str | None, image) -> tuple[bytes | None, str | None]:
     it from: the cell's path when it has one, else the row's `url`).
 
     A cell is what `datasets.Image(decode=False)` gives, {"bytes": bytes | None, "path": str | None}, or raw
-    bytes from a binary column, or a path from a string column; empty or None when the row has none. A cell
-    that is none of these holds no image (the fetch stage makes the row a decode_error).
+    bytes from a binary column; empty or None when the row has none. A cell that is neither holds no image
+    (the fetch stage makes the row a decode_error).
     """
     try:
         data, path = _cell(image)
@@ -102,16 +102,11 @@ def embedded_bytes(image) -> bytes | None:
 
 def _cell(image) -> tuple[bytes | None, str | None]:
     """An image cell's (bytes, path), each None when missing or empty; `ValueError` if it is not a cell."""
-    if isinstance(image, dict):
-        data, path = image.get("bytes"), image.get("path")
-    elif isinstance(image, str):
-        data, path = None, image
-    else:
-        data, path = image, None
+    data, path = (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
     if not isinstance(data, (bytes, bytearray, memoryview, type(None))) or not isinstance(path, (str, type(None))):
         kind = f"{{bytes: {type(data).__name__}, path: {type(path).__name__}}}" if isinstance(image, dict) else \
             type(image).__name__
-        raise ValueError(f"image cell is {kind}, not bytes, a path or {{bytes, path}}")
+        raise ValueError(f"image cell is {kind}, not bytes or {{bytes, path}}")
     return (bytes(data) if data else None), (path or None)
 
 

@@ -179,7 +179,7 @@ def test_rows_without_an_image_cell_are_fetched_from_their_url(fetch, image_serv
         ("http://a/x.jpg", bytearray(b"raw"), (b"raw", None)),
         ("http://a/x.jpg", {"bytes": None, "path": "http://b/y.jpg"}, (None, "http://b/y.jpg")),  # the path wins
         ("http://a/x.jpg", {"bytes": b"", "path": "/data/y.png"}, (None, "/data/y.png")),
-        ("http://a/x.jpg", "/data/y.png", (None, "/data/y.png")),  # a string column
+        ("http://a/x.jpg", "/data/y.png", (None, "http://a/x.jpg")),  # a string column: not an image column
         ("http://a/x.jpg", {"bytes": None, "path": None}, (None, "http://a/x.jpg")),
         ("http://a/x.jpg", {"bytes": b"", "path": ""}, (None, "http://a/x.jpg")),
         ("http://a/x.jpg", None, (None, "http://a/x.jpg")),
@@ -286,10 +286,12 @@ def test_only_regular_local_files_of_at_most_max_image_bytes_are_read(tmp_path, 
 
 
 def test_a_cell_that_is_not_an_image_cell_is_a_decode_error(fetch, image_server):
-    out = fetch({"URL": [image_server.url("/img/bmp")] * 2, "image": [42, {"bytes": [1, 2], "path": None}]})
-    assert out["status"] == [DECODE_ERROR] * 2
-    assert out["error"] == ["image cell is int, not bytes, a path or {bytes, path}",
-                            "image cell is {bytes: list, path: NoneType}, not bytes, a path or {bytes, path}"]
+    cells = ["/a/path.png", 42, {"bytes": [1, 2], "path": None}]
+    out = fetch({"URL": [image_server.url("/img/bmp")] * 3, "image": cells})
+    assert out["status"] == [DECODE_ERROR] * 3
+    assert out["error"] == ["image cell is str, not bytes or {bytes, path}",
+                            "image cell is int, not bytes or {bytes, path}",
+                            "image cell is {bytes: list, path: NoneType}, not bytes or {bytes, path}"]
 
 
 # --- one request per URL -----------------------------------------------------------------------------
@@ -320,6 +322,19 @@ def test_the_fetch_fn_shares_requests_across_threads(image_server):
         thread.join(10)
     assert [out["status"] for out in outs] == [[OK] * 20] * 3
     assert image_server.count(path) == 1
+
+
+def test_the_fetch_fn_pickles_as_its_settings(image_server):
+    """`datasets` pickles map functions to fingerprint them (and to hand them to workers)."""
+    import dill
+    from datasets.fingerprint import Hasher
+
+    cfg = FetchConfig(allow_networks=LOOPBACK)
+    assert Hasher.hash(make_fetch_fn(cfg)) == Hasher.hash(make_fetch_fn(cfg))
+    assert Hasher.hash(make_fetch_fn(cfg)) != Hasher.hash(make_fetch_fn(cfg, read_local_files=True))
+    assert Hasher.hash(make_fetch_fn(cfg)) != Hasher.hash(make_fetch_fn(FetchConfig(max_image_decoded_bytes=10)))
+    copy = dill.loads(dill.dumps(make_fetch_fn(cfg)))
+    assert copy({"URL": [image_server.url("/img/bmp?pickled")]})["status"] == [OK]
 
 
 def test_batch_keeps_row_order(fetch, image_server, sample_images):

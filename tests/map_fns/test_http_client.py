@@ -379,7 +379,8 @@ def test_opt_outs_can_be_ignored(image_server, sample_images):
 def test_a_url_repeated_in_a_call_is_requested_once(dl, image_server, sample_images, key):
     path = f"/img/webp?k={key}"
     results = dl.fetch_all([image_server.url(path)] * 300 + [image_server.url(f"/404?k={key}")] * 300)
-    assert results == [Download(OK, None, sample_images["webp"].data)] * 300 + [Download(FETCH_ERROR, "HTTP 404", None)] * 300
+    assert results == ([Download(OK, None, sample_images["webp"].data)] * 300
+                       + [Download(FETCH_ERROR, "HTTP 404", None)] * 300)
     assert (image_server.count(path), image_server.count(f"/404?k={key}")) == (1, 1)
 
 
