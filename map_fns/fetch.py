@@ -42,8 +42,9 @@ class FetchConfig:
         metadata={"help": "Images with more pixels (read from the header) are a decode error."},
     )
     max_image_decoded_bytes: int = field(
-        # Decodes an 8000x8000 RGBA PNG (~260 MB), a baseline JPEG of any size under the pixel cap (decoded at 1/8
-        # scale, a few MB), a progressive 4:2:0 one up to ~85 Mpx (3 bytes a pixel) and a WebP up to ~14 Mpx (19).
+        # Decodes RGB(A) PNGs up to ~62 Mpx (7800x7800; 4.3 bytes a pixel), greyscale and palette ones up to the
+        # pixel cap, baseline JPEGs of any size under it (decoded at 1/8 scale: a few MB), progressive 4:2:0 ones up
+        # to ~85 Mpx (3 bytes a pixel of coefficients) and WebPs up to ~13 Mpx (19 bytes a pixel).
         default=256 * 2**20,
         metadata={"help": "Images whose decode would need more memory, in bytes (pixels after JPEG scaling, the "
                           "decoder's buffers, RGB copies; estimated from the header), are a decode error."},

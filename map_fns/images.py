@@ -25,8 +25,11 @@ _JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn: markers without a
 _JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
 _JPEG_PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}
 _JPEG_SCAN = 0xDA  # SOS
-# Pixels converted to RGB at a time when the result is built strip by strip: a few MB of working memory.
+# Pixels converted to RGB at a time when the result is built strip by strip. A strip is held at most six times
+# at once (cropped, as RGBA, the white background, composited, as RGB, and Pillow's own intermediate converting
+# a palette with transparency), at up to 4 bytes a pixel: 12 MiB.
 _STRIP_PIXELS = 1 << 19
+_STRIP_BYTES = 6 * _STRIP_PIXELS * 4
 # Bilinear (antialiased, as Pillow's downscaling filters all are): the resize is most of a downscaled JPEG's CPU,
 # 1000x750 -> 597x448 ~6.5 ms vs ~10 ms bicubic on a 2-core Xeon, and the model processors resize again (bicubic)
 # anyway. Measured cost: mean difference 0.87/255 from a full-size bicubic, vs 0.39/255 for bicubic here.
@@ -119,9 +122,9 @@ def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None,
 def decoded_bytes(data: bytes, min_side: int | None = None) -> int:
     """The most memory, in bytes, that `decode_for_models(data, ..., min_side)` holds at once, read from the
     header alone: the decoded image (after JPEG scaling, at Pillow's own storage: 1 byte a pixel for "L" and
-    "P", 4 for RGB), what the format's decoder keeps besides it (a copy of `data` at most, buffers), the RGB
-    image reduced from it by a whole factor and the result. Raises what `Image.open` raises for data that is
-    not an image."""
+    "P", 4 for RGB), what the format's decoder keeps besides it (a copy of `data` at most, buffers), the strip
+    being converted, the RGB image reduced from it by a whole factor, the resize's intermediate and the
+    result. Raises what `Image.open` raises for data that is not an image."""
     img, target = _drafted(Image.open(io.BytesIO(data)), data, min_side)
     return _bytes_held(img, data, target)
 
@@ -145,9 +148,12 @@ def _bytes_held(img: Image.Image, data: bytes, target: tuple[int, int] | None) -
     if img.format in ("JPEG", "MPO"):
         source += _jpeg_coefficient_bytes(data)
     if target is None or img.size == target:
-        return source + width * height * _RGB_BYTES
+        return source + _STRIP_BYTES + width * height * _RGB_BYTES
     fx, fy = _reducing_factors(img.size, target)
-    return source + (-(-width // fx) * -(-height // fy) + target[0] * target[1]) * _RGB_BYTES
+    reduced_width, reduced_height = -(-width // fx), -(-height // fy)
+    # The resize filters rows first, into an image of the target's width and the reduced image's height.
+    pixels = reduced_width * reduced_height + target[0] * reduced_height + target[0] * target[1]
+    return source + _STRIP_BYTES + pixels * _RGB_BYTES
 
 
 def _jpeg_coefficient_bytes(data: bytes) -> int:

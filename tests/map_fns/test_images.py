@@ -8,7 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 from PIL.JpegImagePlugin import JpegImageFile
 
 from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, decode_image, decoded_bytes, one_line
@@ -327,8 +327,8 @@ def test_a_decode_over_the_memory_cap_is_refused_from_the_header(png_claiming):
     with pytest.raises(ImageDecodeError) as info:  # the same size in greyscale is a quarter of that: it passes
         decode_for_models(png_claiming(9400, 9400, "L"), LIMIT, 448, DEFAULT_CAP)
     assert not info.value.reason.startswith("too large")
-    with pytest.raises(ImageDecodeError) as info:  # so does an 8000x8000 RGBA one
-        decode_for_models(png_claiming(8000, 8000, "RGBA"), LIMIT, 448, DEFAULT_CAP)
+    with pytest.raises(ImageDecodeError) as info:  # so does a 7500x7500 RGBA one
+        decode_for_models(png_claiming(7500, 7500, "RGBA"), LIMIT, 448, DEFAULT_CAP)
     assert not info.value.reason.startswith("too large")
 
 
@@ -341,9 +341,10 @@ def test_a_big_jpeg_is_cheap_to_decode_small_unless_progressive(photo_4000x3000)
     """libjpeg decodes a baseline JPEG at 1/4 scale a row of blocks at a time, but keeps every DCT coefficient
     of a progressive one at full size (2 bytes each, 1.5 per pixel in 4:2:0): 36 MB for 4000x3000."""
     baseline, progressive = jpeg(photo_4000x3000), jpeg(photo_4000x3000, progressive=True)
-    cap = 16 * MiB
+    cap = 32 * MiB
     assert decode_for_models(baseline, LIMIT, 448, cap).image.size == (597, 448)
-    assert decoded_bytes(baseline, 448) < 10 * MiB < 36_000_000 < decoded_bytes(progressive, 448)
+    besides_the_data = [decoded_bytes(data, 448) - len(data) for data in (baseline, progressive)]
+    assert besides_the_data[1] - besides_the_data[0] >= 4000 * 3000 * 1.5 * 2
     with pytest.raises(ImageDecodeError, match=r"^too large to decode: a 4000x3000 JPEG needs \d+ bytes"):
         decode_for_models(progressive, LIMIT, 448, cap)
     assert decode_for_models(progressive, LIMIT, 448).image.size == (597, 448)  # without a cap it decodes
@@ -367,26 +368,42 @@ PEAK = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize(
-    "kind, min_side",
-    [("RGBA PNG", 448), ("RGBA PNG", 0), ("P PNG", 448), ("progressive JPEG", 448), ("WEBP", 448)],
-)
-def test_a_decode_holds_no_more_memory_than_its_estimate(tmp_path, photo_4000x3000, kind, min_side):
-    """The cap is only a bound if the estimate is: measure the peak resident memory of one decode."""
-    data = {
-        "RGBA PNG": lambda: png(noise("RGBA", (300, 200)).resize((3000, 2000))),
-        "P PNG": lambda: png(Image.effect_noise((4000, 3000), 80).convert("P"), transparency=7),
-        "progressive JPEG": lambda: jpeg(photo_4000x3000, progressive=True),
-        "WEBP": lambda: _save(noise("RGB", (2000, 1500)), "WEBP"),
-    }[kind]()
-    (tmp_path / "image").write_bytes(data)
-    (tmp_path / "warm").write_bytes(data if kind == "WEBP" else png(Image.new("RGBA", (300, 300))))
+def shapes(mode: str, size: tuple[int, int]) -> Image.Image:
+    """Flat ellipses, some partly transparent: a big image in a small file, so the file's size (which the
+    estimate counts: some decoders copy it) cannot hide an error in the rest of it."""
+    img = Image.new(mode, size)
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    for i in range(1, 5):
+        colour = {"RGBA": (60 * i, 255 - 50 * i, 90, 70 * i - 30), "RGB": (60 * i, 90, 40 * i), "L": 50 * i}[mode]
+        draw.ellipse((w * i // 9, h * i // 11, w * (i + 4) // 9, h * (i + 5) // 11), fill=colour)
+    return img
+
+
+MEMORY_CASES = {  # name -> (image, its format and save options)
+    "RGBA PNG": (lambda: shapes("RGBA", (4000, 3000)), "PNG", {}),
+    "P PNG with transparency": (lambda: shapes("L", (4000, 3000)).convert("P"), "PNG", {"transparency": 0}),
+    "L PNG": (lambda: shapes("L", (4000, 3000)), "PNG", {}),
+    "progressive JPEG": (lambda: noise("RGB", (400, 300)).resize((4000, 3000)), "JPEG", {"progressive": True}),
+    "WEBP": (lambda: noise("RGB", (300, 200)).resize((3000, 2000)), "WEBP", {}),
+}
+
+
+@pytest.mark.parametrize("min_side", [448, 0])
+@pytest.mark.parametrize("kind", MEMORY_CASES)
+def test_a_decode_holds_no_more_memory_than_its_estimate(tmp_path, kind, min_side):
+    """The cap is only a bound if the estimate is: measure the peak resident memory of one decode (after one
+    of a small image of the same kind, which loads the codec but leaves no big free memory to reuse)."""
+    make, fmt, options = MEMORY_CASES[kind]
+    image = make()
+    for name, img in (("image", image), ("warm", image.resize((64, 48)))):
+        img.save(tmp_path / name, fmt, **options)
     run = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "image"), str(min_side), str(tmp_path / "warm")],
                          capture_output=True, text=True, check=True, cwd=os.getcwd())
     peak = json.loads(run.stdout)
-    estimate = decoded_bytes(data, min_side or None)
+    estimate = decoded_bytes((tmp_path / "image").read_bytes(), min_side or None)
     assert peak <= estimate, f"{kind}: peak {peak / MiB:.1f} MiB over the estimate {estimate / MiB:.1f} MiB"
-    assert peak > estimate / 4  # the estimate is a bound, not a wild guess
+    assert peak > estimate / 3  # a bound, not a wild guess
 
 
 def _save(img: Image.Image, fmt: str) -> bytes:
