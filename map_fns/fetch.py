@@ -1,21 +1,26 @@
-"""Fetch stage: get each row's image (embedded bytes, else download its URL) and decode it once, at the
-size the models need.
+"""Fetch stage: get each row's image (its image cell's bytes, else the cell's path, else its URL) and decode
+it once, at the size the models need.
 
 Downloads go through `http_client.Downloader` (aiohttp on its own event loop: many concurrent requests,
-deadlines, retries, redirects checked against the address policy, opt-outs honoured); decoding runs on a
-small thread pool, since Pillow releases the GIL while it decodes.
+deadlines, retries, redirects checked against the address policy, opt-outs honoured, one request per URL);
+local files (a local source's own) are read and images decoded on a small thread pool, since Pillow releases
+the GIL while it decodes.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-from map_fns.images import ImageDecodeError, decode_for_models, one_line
+from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, one_line
 from map_fns.net_policy import parse_networks
-from map_fns.status import DECODE_ERROR, OK
+from map_fns.status import DECODE_ERROR, FETCH_ERROR, INVALID_URL, OK
+
+Outcome = tuple[str, str | None, DecodedImage | None]  # a row's (status, error, decoded image)
 
 
 @dataclass
@@ -36,6 +41,14 @@ class FetchConfig:
         default=89_478_485,  # Pillow's own decompression bomb limit
         metadata={"help": "Images with more pixels (read from the header) are a decode error."},
     )
+    max_image_decoded_bytes: int = field(
+        # Decodes RGB(A) PNGs up to ~62 Mpx (7800x7800; 4.3 bytes a pixel), greyscale and palette ones up to the
+        # pixel cap, baseline JPEGs of any size under it (decoded at 1/8 scale: a few MB), progressive 4:2:0 ones up
+        # to ~85 Mpx (3 bytes a pixel of coefficients) and WebPs up to ~13 Mpx (19 bytes a pixel).
+        default=256 * 2**20,
+        metadata={"help": "Images whose decode would need more memory, in bytes (pixels after JPEG scaling, the "
+                          "decoder's buffers, RGB copies; estimated from the header), are a decode error."},
+    )
     resize_min_side: int = field(
         default=448,  # the largest model input: RN50x64 (BLIP-large takes 384, ViT-L/14 224)
         metadata={"help": "Decode and downscale so the shorter side is this (0: keep full size)."},
@@ -48,6 +61,11 @@ class FetchConfig:
     respect_optouts: bool = field(
         default=True, metadata={"help": "Skip images whose server sends X-Robots-Tag noai/noimageai/noindex."}
     )
+    recent_downloads_bytes: int = field(
+        default=64 * 2**20,  # ~600 LAION-sized bodies (~100 KiB: ten batches of 64), or ~150,000 failures
+        metadata={"help": "Memory per process for the outcomes (bodies, errors) of the latest downloads: a URL "
+                          "seen again within it is not requested again (0: only rows fetched together share)."},
+    )
 
     def __post_init__(self):
         for name in ("fetch_timeout", "fetch_deadline"):
@@ -55,7 +73,7 @@ class FetchConfig:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name, low in (("fetch_retries", 0), ("fetch_backoff", 0), ("max_redirects", 0), ("resize_min_side", 0),
                           ("fetch_concurrency", 1), ("decode_threads", 1), ("max_image_bytes", 1),
-                          ("max_image_pixels", 1)):
+                          ("max_image_pixels", 1), ("max_image_decoded_bytes", 1), ("recent_downloads_bytes", 0)):
             if getattr(self, name) < low:
                 raise ValueError(f"--{name} must be >= {low}, got {getattr(self, name)}")
         if not self.user_agent.strip() or "\r" in self.user_agent or "\n" in self.user_agent:
@@ -63,43 +81,134 @@ class FetchConfig:
         parse_networks(self.allow_networks)
 
 
+def image_source(url: str | None, image) -> tuple[bytes | None, str | None]:
+    """Where a row's image comes from: (its `image` cell's bytes, else None) and (None, else the address to get
+    it from: the cell's path when it has one, else the row's `url`).
+
+    A cell is what `datasets.Image(decode=False)` gives, {"bytes": bytes | None, "path": str | None}, or raw
+    bytes from a binary column; empty or None when the row has none. A cell that is neither holds no image
+    (the fetch stage makes the row a decode_error).
+    """
+    try:
+        data, path = _cell(image)
+    except ValueError:
+        return None, url
+    return (data, None) if data else (None, path or url)
+
+
 def embedded_bytes(image) -> bytes | None:
-    """The bytes of a source `image` cell: raw bytes or `datasets.Image(decode=False)`'s {"bytes", "path"}."""
-    data = image.get("bytes") if isinstance(image, dict) else image
-    return data or None
+    """The bytes of a source `image` cell, if any (builder.source's row key; to go once it uses `image_source`)."""
+    return image_source(None, image)[0]
+
+
+def _cell(image) -> tuple[bytes | None, str | None]:
+    """An image cell's (bytes, path), each None when missing or empty; `ValueError` if it is not a cell."""
+    data, path = (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
+    if not isinstance(data, (bytes, bytearray, memoryview, type(None))) or not isinstance(path, (str, type(None))):
+        kind = f"{{bytes: {type(data).__name__}, path: {type(path).__name__}}}" if isinstance(image, dict) else \
+            type(image).__name__
+        raise ValueError(f"image cell is {kind}, not bytes or {{bytes, path}}")
+    return (bytes(data) if data else None), (path or None)
+
+
+@dataclass(frozen=True)
+class LocalFile:
+    """An image cell's path on this machine, read in a decode thread."""
+
+    path: str
+
+    def read(self, max_bytes: int) -> bytes:
+        """The file's bytes; `OSError` with a one-line message for anything but a regular file of at most
+        `max_bytes` (a FIFO, /dev/zero or a directory would block, never end, or mean nothing)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)  # a FIFO: no waiting
+            try:
+                regular, data = stat.S_ISREG(os.fstat(fd).st_mode), b""
+                if regular:
+                    with open(fd, "rb", closefd=False) as file:
+                        data = file.read(max_bytes + 1)  # whatever size it had: no more than this
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise OSError(f"cannot read local file {_shown(self.path)}: {e.strerror or one_line(e)}") from None
+        if not regular:
+            raise OSError(f"local file {_shown(self.path)} is not a regular file")
+        if len(data) > max_bytes:
+            raise OSError(f"local file {_shown(self.path)} is larger than {max_bytes} bytes")
+        return data
+
+
+def _shown(text: str, keep: int = 60) -> str:
+    """`text` quoted on one line (escapes shown), its middle cut out if long: paths can be."""
+    return repr(text if len(text) <= 2 * keep else f"{text[:keep]}...{text[-keep:]}")
 
 
 class Decoder:
-    """Decodes bodies on a thread pool (Pillow releases the GIL while decoding), one status per body.
+    """Reads local files and decodes images on a thread pool (Pillow releases the GIL while decoding), one
+    (status, error, DecodedImage) per item.
 
     It pickles as its settings: `datasets` pickles map functions to fingerprint them, and a pool cannot be.
     """
 
-    def __init__(self, threads: int, max_pixels: int, min_side: int | None):
+    def __init__(self, threads: int, max_pixels: int, max_decoded_bytes: int, min_side: int | None,
+                 max_file_bytes: int):
         self.threads, self.max_pixels, self.min_side = threads, max_pixels, min_side
+        self.max_decoded_bytes, self.max_file_bytes = max_decoded_bytes, max_file_bytes
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     def __reduce__(self):
-        return Decoder, (self.threads, self.max_pixels, self.min_side)
+        return Decoder, (self.threads, self.max_pixels, self.max_decoded_bytes, self.min_side, self.max_file_bytes)
 
-    def decode_all(self, bodies: list[bytes]) -> list[tuple]:
-        return list(self.pool.map(self._decode, bodies))
+    def decode_all(self, items: list[bytes | LocalFile]) -> list[Outcome]:
+        return list(self.pool.map(self._decode, items))
 
-    def _decode(self, data: bytes) -> tuple:
+    def _decode(self, item: bytes | LocalFile) -> Outcome:
         try:
-            return OK, None, decode_for_models(data, self.max_pixels, self.min_side)
+            data = item.read(self.max_file_bytes) if isinstance(item, LocalFile) else item
+        except OSError as e:
+            return FETCH_ERROR, one_line(e), None
+        try:
+            return OK, None, decode_for_models(data, self.max_pixels, self.min_side, self.max_decoded_bytes)
         except ImageDecodeError as e:
             return DECODE_ERROR, e.reason, None
         except Exception as e:  # e.g. MemoryError: a row never raises out of the stage
             return DECODE_ERROR, one_line(e), None
 
 
-def make_fetch_fn(cfg: FetchConfig, device=None) -> Callable[[dict[str, list]], dict[str, list]]:
+def _row_source(url, image, read_local_files: bool) -> bytes | str | None | LocalFile | Outcome:
+    """What a row needs: these bytes decoded, this URL (str or None) downloaded, this local file read; or its
+    outcome already, when its image cannot be had."""
+    try:
+        data, path = _cell(image)
+    except ValueError as e:
+        return DECODE_ERROR, str(e), None
+    if data:
+        return data
+    if path is None:
+        if url is not None and not isinstance(url, str):
+            return INVALID_URL, f"URL must be a string, got {type(url).__name__}", None
+        return url
+    scheme = urlsplit(path).scheme.lower()  # as `datasets` tells a local path from a URL
+    if scheme in ("http", "https"):
+        return path
+    if scheme:
+        return INVALID_URL, f"image path {_shown(path)} has unsupported scheme {scheme!r}", None
+    if not read_local_files:
+        return INVALID_URL, (f"image path {_shown(path)} is a local file; local files are read only for a local "
+                             "source"), None
+    return LocalFile(path)
+
+
+def make_fetch_fn(
+    cfg: FetchConfig, device=None, *, read_local_files: bool = False
+) -> Callable[[dict[str, list]], dict[str, list]]:
     """Build the batched fetch function (`device` is unused: nothing here runs on an accelerator).
 
     It reads `URL` and the optional `image` column and returns `status`, `error`, `image_width`,
-    `image_height` (the source image's upright size) and `_image` (RGB `PIL.Image`, internal).
-    It owns an event loop thread and a thread pool, so call the factory in each process.
+    `image_height` (the source image's upright size) and `_image` (RGB `PIL.Image`, internal); see
+    `image_source` for which a row's image is. An image cell's local file path is read only with
+    `read_local_files` (a local source's own files): else a dataset could have this machine's files read
+    and published. It owns an event loop thread and a thread pool, so call the factory in each process.
     """
     from map_fns.http_client import Downloader
     from map_fns.net_policy import AddressPolicy
@@ -109,26 +218,31 @@ def make_fetch_fn(cfg: FetchConfig, device=None) -> Callable[[dict[str, list]], 
         max_redirects=cfg.max_redirects, retries=cfg.fetch_retries, backoff=cfg.fetch_backoff,
         user_agent=cfg.user_agent, concurrency=cfg.fetch_concurrency,
         policy=AddressPolicy(parse_networks(cfg.allow_networks)), respect_optouts=cfg.respect_optouts,
+        recent_bytes=cfg.recent_downloads_bytes,
     )
-    decoder = Decoder(cfg.decode_threads, cfg.max_image_pixels, cfg.resize_min_side or None)
+    decoder = Decoder(cfg.decode_threads, cfg.max_image_pixels, cfg.max_image_decoded_bytes,
+                      cfg.resize_min_side or None, cfg.max_image_bytes)
 
     def fetch_fn(batch: dict[str, list]) -> dict[str, list]:
         urls = batch["URL"]
-        bodies = [embedded_bytes(image) for image in batch.get("image") or [None] * len(urls)]
-        results: list = [None] * len(urls)
-        to_download = [i for i, body in enumerate(bodies) if body is None]
-        for i, download in zip(to_download, downloader.fetch_all([urls[i] for i in to_download])):
+        images = batch.get("image") or [None] * len(urls)
+        sources = [_row_source(url, image, read_local_files) for url, image in zip(urls, images)]
+        distinct = list(dict.fromkeys(sources))  # rows with the same source share one fetch and one decode
+        outcomes: dict = {source: source for source in distinct if isinstance(source, tuple)}
+        remote = [source for source in distinct if source is None or isinstance(source, str)]
+        bodies = {}
+        for source, download in zip(remote, downloader.fetch_all(remote)):
             if download.status == OK:
-                bodies[i] = download.body
+                bodies[source] = download.body
             else:
-                results[i] = (download.status, download.error, None)
-        to_decode = [i for i in range(len(urls)) if results[i] is None]
-        for i, result in zip(to_decode, decoder.decode_all([bodies[i] for i in to_decode])):
-            results[i] = result
-        decoded = [result[2] for result in results]
+                outcomes[source] = download.status, download.error, None
+        to_decode = [source for source in distinct if source not in outcomes]
+        outcomes.update(zip(to_decode, decoder.decode_all([bodies.get(source, source) for source in to_decode])))
+        rows = [outcomes[source] for source in sources]
+        decoded = [image for _, _, image in rows]
         return {
-            "status": [status for status, _, _ in results],
-            "error": [error for _, error, _ in results],
+            "status": [status for status, _, _ in rows],
+            "error": [error for _, error, _ in rows],
             "image_width": [d.width if d else None for d in decoded],
             "image_height": [d.height if d else None for d in decoded],
             "_image": [d.image if d else None for d in decoded],

@@ -4,17 +4,20 @@ LAION URLs are billions of open-web links, many dead, slow, redirected or hostil
 per-attempt connect/read timeouts and an overall deadline, retries with backoff for transient failures
 only (timeouts, HTTP 5xx and 429), redirects followed by hand and re-checked at every hop, a byte cap,
 an `X-Robots-Tag` opt-out check before the body is read, and connects only to addresses the
-`AddressPolicy` allows. A row's failure is data (`Download.status`), never an exception.
+`AddressPolicy` allows. The same URL is requested once while recent (LAION repeats URLs). A row's failure
+is data (`Download.status`), never an exception.
 """
 
 import asyncio
 import functools
 import logging
 import os
+import re
 import socket
 import string
 import threading
 import weakref
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -37,6 +40,7 @@ _READ_CHUNK = 1 << 16
 _LIMIT_PER_HOST = 16  # politeness: LAION has millions of URLs on a few CDNs
 _DNS_CACHE_SECONDS = 300  # safe to cache: only addresses the policy allowed are cached
 _DNS_THREADS = 64  # getaddrinfo blocks a thread per lookup; asyncio's default pool is small
+_ENTRY_BYTES = 400  # a remembered outcome's objects and dict slot besides its texts and body (~275, tracemalloc)
 
 
 def check_url(url: str | None) -> str:
@@ -53,19 +57,38 @@ def check_url(url: str | None) -> str:
     if not parts.hostname:
         raise ValueError("no host in URL")
     parts.port  # raises ValueError for a non-numeric or out-of-range port
-    if parts.hostname.replace(".", "").isdigit():  # `127.1`, `2130706433`: legacy forms that hide an address
+    if not url.isascii():
         try:
-            IPv4Address(parts.hostname)
-        except ValueError:
-            raise ValueError(f"{parts.hostname!r} is not a canonical IPv4 address") from None
-    if url.isascii():
-        return url
+            netloc = parts.netloc.encode("idna").decode("ascii")  # also maps full-width digits and dots to ASCII
+        except UnicodeError as e:
+            raise ValueError(f"bad host: {one_line(e)}") from e
+        path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
+        url = urlunsplit((parts.scheme, netloc, path, query, ""))
+    _check_numeric_host(urlsplit(url).hostname)
+    return url
+
+
+def _check_numeric_host(host: str) -> None:
+    """Refuse a host that names an IPv4 address in any but the canonical dotted-decimal form.
+
+    A host whose last label is a number is an IPv4 address to browsers (the WHATWG URL standard) and to C
+    resolvers (`inet_aton`, which getaddrinfo uses), and both read hex, octal and shortened forms:
+    `0x7f000001`, `0x7f.1`, `0177.0.0.1`, `127.1` and `2130706433` all reach 127.0.0.1. An address check
+    that does not parse the host the same way would be judging a name, not the address connected to.
+    """
+    if ":" in host:  # an IPv6 address (`urlsplit` checked it), maybe ending in an IPv4 one: the policy judges it
+        return
+    labels = host.split(".")
+    if len(labels) > 1 and not labels[-1]:  # one trailing dot
+        labels.pop()
+    if not (labels[-1].isdigit() or re.fullmatch("0x[0-9a-f]*", labels[-1])):  # `hostname` is lower case
+        return
     try:
-        netloc = parts.netloc.encode("idna").decode("ascii")
-    except UnicodeError as e:
-        raise ValueError(f"bad host: {one_line(e)}") from e
-    path, query = quote(parts.path, safe=_URL_SAFE), quote(parts.query, safe=_URL_SAFE)
-    return urlunsplit((parts.scheme, netloc, path, query, ""))
+        if str(IPv4Address(host)) == host:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"{host!r} is not a canonical IPv4 address")
 
 
 @dataclass(frozen=True)
@@ -120,12 +143,50 @@ class _Transient(Exception):
         self.reason, self.retry_after = reason, retry_after
 
 
+class RecentOutcomes:
+    """The outcomes of the latest downloads, by URL, within a budget of bytes: bodies are counted in full (a
+    count of entries would bound nothing when one body may be 32 MiB), the least recently used go first.
+
+    Not thread-safe: the downloader touches it from its event loop thread only.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._outcomes: OrderedDict[str, tuple[Download, int]] = OrderedDict()  # least recent first
+        self._bytes = 0
+
+    def get(self, url: str) -> Download | None:
+        entry = self._outcomes.get(url)
+        if entry is None:
+            return None
+        self._outcomes.move_to_end(url)
+        return entry[0]
+
+    def put(self, url: str, outcome: Download) -> None:
+        """Remember `outcome`, forgetting the least recently used ones beyond the budget."""
+        size = _ENTRY_BYTES + len(url) + len(outcome.error or "") + len(outcome.body or b"")
+        if url in self._outcomes:
+            self._bytes -= self._outcomes.pop(url)[1]
+        if size > self.max_bytes:
+            return
+        self._outcomes[url] = outcome, size
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._bytes -= self._outcomes.popitem(last=False)[1][1]
+
+
 class Downloader:
     """Download many URLs concurrently from synchronous code; one per process, reused across batches.
 
     It runs its own event loop in a daemon thread, so `fetch_all` may be called from any thread (a
     background prefetch thread included) and keeps connections alive between calls. `close()` when done;
     otherwise garbage collection or interpreter exit closes it. A pickled copy opens its own.
+
+    A URL is requested once however many rows ask for it: callers asking while it is in flight (in the
+    same call, or another thread's) wait for that request, and its outcome (body or error) is then kept
+    among the `recent_bytes` most recent outcomes, which later calls get without a request. This lives
+    here, not in the fetch stage, because everything here runs on the event loop thread: requests in
+    flight can be shared across threads without locks, and every caller of the downloader gains.
     """
 
     def __init__(
@@ -141,13 +202,16 @@ class Downloader:
         concurrency: int,
         policy: AddressPolicy,
         respect_optouts: bool,
+        recent_bytes: int,
     ):
         self._settings = dict(timeout=timeout, deadline=deadline, max_bytes=max_bytes, max_redirects=max_redirects,
                               retries=retries, backoff=backoff, user_agent=user_agent, concurrency=concurrency,
-                              policy=policy, respect_optouts=respect_optouts)  # fmt: skip
+                              policy=policy, respect_optouts=respect_optouts, recent_bytes=recent_bytes)  # fmt: skip
         self._timeout, self._deadline, self._max_bytes = timeout, deadline, max_bytes
         self._max_redirects, self._retries, self._backoff = max_redirects, retries, backoff
         self._user_agent, self._policy, self._respect_optouts = user_agent, policy, respect_optouts
+        self._recent = RecentOutcomes(recent_bytes)  # these two: only ever touched on the loop thread
+        self._in_flight: dict[str, asyncio.Future[Download]] = {}
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(ThreadPoolExecutor(_DNS_THREADS, thread_name_prefix="dns"))
         self._thread = threading.Thread(target=self._loop.run_forever, name="downloader", daemon=True)
@@ -200,6 +264,21 @@ class Downloader:
             url = check_url(url)
         except ValueError as e:
             return Download(INVALID_URL, one_line(e), None)
+        known = self._recent.get(url)
+        if known is not None:
+            return known
+        request = self._in_flight.get(url)
+        if request is None:
+            request = self._in_flight[url] = self._loop.create_task(self._download(url))
+            request.add_done_callback(functools.partial(self._settled, url))
+        return await asyncio.shield(request)  # a caller cancelled does not cancel the others' request
+
+    def _settled(self, url: str, request: asyncio.Future[Download]) -> None:
+        del self._in_flight[url]
+        if not request.cancelled() and request.exception() is None:
+            self._recent.put(url, request.result())
+
+    async def _download(self, url: str) -> Download:
         async with self._semaphore:  # the deadline starts once a slot is free, not while queued
             try:
                 body = await asyncio.wait_for(self._follow(url), self._deadline)  # asyncio.timeout needs 3.11
@@ -229,7 +308,8 @@ class Downloader:
         raise _Failure(FETCH_ERROR, "too many redirects")
 
     def _check_ip_literal(self, url: str) -> None:
-        """aiohttp skips the resolver for hosts that look like IP addresses: check those here."""
+        """aiohttp skips the resolver for hosts that look like IP addresses (its `helpers.is_ip_address`: a colon,
+        or only digits and dots, which `check_url` allows in the canonical IPv4 form only): check those here."""
         host = URL(url, encoded=True).raw_host or ""
         if (":" in host or host.replace(".", "").isdigit()) and not self._policy.is_allowed(host):
             raise _Failure(BLOCKED, f"{host} is not a public address")

@@ -3,11 +3,33 @@
 import io
 from dataclasses import dataclass
 
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 _ALPHA_MODES = {"RGBA", "RGBa", "LA", "PA"}
 _WHITE = (255, 255, 255, 255)
-_SWAPS_SIDES = {5, 6, 7, 8}  # EXIF orientations that are a quarter turn (or a transpose) from upright
+_T = Image.Transpose
+_UPRIGHT = {2: _T.FLIP_LEFT_RIGHT, 3: _T.ROTATE_180, 4: _T.FLIP_TOP_BOTTOM, 5: _T.TRANSPOSE, 6: _T.ROTATE_270,
+            7: _T.TRANSVERSE, 8: _T.ROTATE_90}  # EXIF orientation -> the transpose showing it upright (EXIF 2.3)
+_SWAPS_SIDES = {_T.TRANSPOSE, _T.ROTATE_270, _T.TRANSVERSE, _T.ROTATE_90}
+# Bytes per pixel in Pillow's memory: "1", "L" and "P" take one, 16-bit greyscale two, every other mode four
+# (RGB included: it is stored as RGBX). Measured on Pillow 13 from the resident memory of `Image.new`.
+_STORED_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}
+_RGB_BYTES = 4
+# What Pillow 13's decoders hold besides the image and a copy of the encoded data, in bytes per decoded pixel
+# (peak resident memory measured on 3000x2000 RGB, RGBA and L images, rounded up): libwebp keeps two RGBA canvases
+# and Pillow copies the frame once more (13.3 measured); openjpeg holds every component as int32 (17.9); libavif
+# its YUV planes and an RGB copy (8.7). PNG, TIFF, GIF, BMP and baseline JPEG decode a few rows at a time (under
+# the size of the data: 0.5 of 3.1 bytes per pixel for a noise PNG); a progressive JPEG: `_jpeg_coefficient_bytes`.
+_DECODER_BYTES = {"WEBP": 15, "AVIF": 10, "JPEG2000": 19}
+_JPEG_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn: markers without a length
+_JPEG_FRAMES = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}  # SOFn
+_JPEG_PROGRESSIVE_FRAMES = {0xC2, 0xC6, 0xCA, 0xCE}
+_JPEG_SCAN = 0xDA  # SOS
+# Pixels converted to RGB at a time when the result is built strip by strip. A strip is held at most six times
+# at once (cropped, as RGBA, the white background, composited, as RGB, and Pillow's own intermediate converting
+# a palette with transparency), at up to 4 bytes a pixel: 12 MiB.
+_STRIP_PIXELS = 1 << 19
+_STRIP_BYTES = 6 * _STRIP_PIXELS * 4
 # Bilinear (antialiased, as Pillow's downscaling filters all are): the resize is most of a downscaled JPEG's CPU,
 # 1000x750 -> 597x448 ~6.5 ms vs ~10 ms bicubic on a 2-core Xeon, and the model processors resize again (bicubic)
 # anyway. Measured cost: mean difference 0.87/255 from a full-size bicubic, vs 0.39/255 for bicubic here.
@@ -36,25 +58,29 @@ class DecodedImage:
     height: int
 
 
-def decode_image(data: bytes, max_pixels: int, min_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int, min_side: int | None = None,
+                 max_decoded_bytes: int | None = None) -> Image.Image:
     """Decode `data` to a fully loaded RGB image, upright, first frame only, alpha flattened onto white.
 
     With `min_side`, an image whose shorter side is longer than that is scaled down (aspect kept) so that its
     shorter side is exactly `min_side`; smaller images are never scaled up.
 
-    Raises `ImageDecodeError` for empty, corrupt, truncated or non-image data and for images over
-    `max_pixels` or Pillow's global `Image.MAX_IMAGE_PIXELS` (checked from the header, before any
-    pixel is allocated).
+    Raises `ImageDecodeError` for empty, corrupt, truncated or non-image data, for images over `max_pixels`
+    or Pillow's global `Image.MAX_IMAGE_PIXELS`, and for images whose decode would hold more than
+    `max_decoded_bytes` bytes of memory (`decoded_bytes`; None: no limit); both limits are checked from the
+    header, before any pixel is allocated.
     """
-    return decode_for_models(data, max_pixels, min_side).image
+    return decode_for_models(data, max_pixels, min_side, max_decoded_bytes).image
 
 
-def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None) -> DecodedImage:
+def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None,
+                      max_decoded_bytes: int | None = None) -> DecodedImage:
     """`decode_image`, also giving the source image's upright width and height (the image may be smaller).
 
     A JPEG is decoded straight at a reduced size (libjpeg's DCT scaling, 1/2 to 1/8, never below the target),
-    so a 4000x3000 photo wanted at 448 px is never decoded at full size; one bicubic resize then hits the
-    target exactly. Same errors as `decode_image`; `ValueError` for a `min_side` under 1.
+    so a 4000x3000 photo wanted at 448 px is never decoded at full size. Other images are converted to RGB a
+    strip at a time, so that the decoded source is the only full-size image in memory (see `decoded_bytes`).
+    Same errors as `decode_image`; `ValueError` for a `min_side` under 1.
     """
     if min_side is not None and min_side < 1:
         raise ValueError(f"min_side must be >= 1, got {min_side}")
@@ -68,22 +94,21 @@ def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None)
         width, height = img.size
         if width * height > limit:
             raise ImageDecodeError(f"decompression bomb: {width}x{height} is over {limit} pixels")
-        # Which side is shorter does not depend on the orientation: size the target in the stored orientation.
-        target = _scaled_to(width, height, min_side)
-        if target is not None:
-            img.draft("RGB", target)  # JPEG only (a no-op for other formats); sizes stay >= target
-            if img.size[0] < target[0] or img.size[1] < target[1]:  # not expected from Pillow; never upscale
-                img = Image.open(io.BytesIO(data))
+        img, target = _drafted(img, data, min_side)
+        needed = _bytes_held(img, data, target)
+        if max_decoded_bytes is not None and needed > max_decoded_bytes:
+            raise ImageDecodeError(f"too large to decode: a {width}x{height} {img.format} needs {needed} bytes, "
+                                   f"over the limit of {max_decoded_bytes}")
         img.load()  # decode now, so truncated/corrupt data fails here and not in a later stage
-        if img.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPS_SIDES:  # as exif_transpose decides
+        upright = _UPRIGHT.get(img.getexif().get(ExifTags.Base.Orientation, 1))  # as ImageOps.exif_transpose
+        if upright in _SWAPS_SIDES:
             width, height = height, width
-            if target is not None:
-                target = target[1], target[0]
-        ImageOps.exif_transpose(img, in_place=True)
         if target is None or img.size == target:
-            return DecodedImage(_to_rgb(img), width, height)
-        rgb = _to_rgb(img, copy=False)  # the resize makes the new image
-        return DecodedImage(rgb.resize(target, _RESAMPLE, reducing_gap=_REDUCING_GAP), width, height)
+            if upright is not None:
+                img = img.transpose(upright)  # before the RGB copy, which is never smaller
+            return DecodedImage(_rgb(img, (1, 1)), width, height)
+        small = _downscaled_rgb(img, target)
+        return DecodedImage(small.transpose(upright) if upright is not None else small, width, height)
     except ImageDecodeError:
         raise
     except UnidentifiedImageError as e:
@@ -92,6 +117,75 @@ def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None)
         raise ImageDecodeError(f"decompression bomb: {e}") from e
     except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError, struct.error, ... on bad data
         raise ImageDecodeError(one_line(e)) from e
+
+
+def decoded_bytes(data: bytes, min_side: int | None = None) -> int:
+    """The most memory, in bytes, that `decode_for_models(data, ..., min_side)` holds at once, read from the
+    header alone: the decoded image (after JPEG scaling, at Pillow's own storage: 1 byte a pixel for "L" and
+    "P", 4 for RGB), what the format's decoder keeps besides it (a copy of `data` at most, buffers), the strip
+    being converted, the RGB image reduced from it by a whole factor, the resize's intermediate and the
+    result. Raises what `Image.open` raises for data that is not an image."""
+    img, target = _drafted(Image.open(io.BytesIO(data)), data, min_side)
+    return _bytes_held(img, data, target)
+
+
+def _drafted(img: Image.Image, data: bytes, min_side: int | None) -> tuple[Image.Image, tuple[int, int] | None]:
+    """The opened `img` set to decode at a reduced scale if it is a JPEG (never below the models' size), and the
+    size the result is scaled to (None: kept as it is). Which side is shorter does not depend on the
+    orientation: the target is in the stored orientation."""
+    target = _scaled_to(*img.size, min_side)
+    if target is not None:
+        img.draft("RGB", target)  # JPEG only (a no-op for other formats); sizes stay >= target
+        if img.size[0] < target[0] or img.size[1] < target[1]:  # not expected from Pillow; never upscale
+            img = Image.open(io.BytesIO(data))
+    return img, target
+
+
+def _bytes_held(img: Image.Image, data: bytes, target: tuple[int, int] | None) -> int:
+    """`decoded_bytes` of an opened (and drafted) `img`."""
+    width, height = img.size
+    source = len(data) + width * height * (_STORED_BYTES.get(img.mode, 4) + _DECODER_BYTES.get(img.format, 0))
+    if img.format in ("JPEG", "MPO"):
+        source += _jpeg_coefficient_bytes(data)
+    if target is None or img.size == target:
+        return source + _STRIP_BYTES + width * height * _RGB_BYTES
+    fx, fy = _reducing_factors(img.size, target)
+    reduced_width, reduced_height = -(-width // fx), -(-height // fy)
+    # The resize filters rows first, into an image of the target's width and the reduced image's height.
+    pixels = reduced_width * reduced_height + target[0] * reduced_height + target[0] * target[1]
+    return source + _STRIP_BYTES + pixels * _RGB_BYTES
+
+
+def _jpeg_coefficient_bytes(data: bytes) -> int:
+    """What libjpeg holds for a JPEG in several scans (progressive, or a first scan without every component):
+    every DCT coefficient of the full-size image (2 bytes each), whatever the scale it decodes at. Else 0.
+
+    Walks the marker segments up to the first scan, as libjpeg does (bytes between segments are skipped).
+    """
+    pos, frame, progressive = 2, b"", False
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF or data[pos + 1] == 0xFF:  # junk, or fill bytes before a marker
+            pos += 1
+            continue
+        marker, length = data[pos + 1], int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker in _JPEG_STANDALONE:
+            pos += 2
+            continue
+        body = data[pos + 4 : pos + 2 + length]
+        if marker in _JPEG_FRAMES:
+            frame, progressive = body, marker in _JPEG_PROGRESSIVE_FRAMES
+        elif marker == _JPEG_SCAN and len(frame) >= 6 and body:
+            height, width, components = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+            if not progressive and body[0] >= components:
+                return 0  # one interleaved scan: decoded a row of blocks at a time
+            sampling = [(b >> 4, b & 15) for b in frame[7 : 6 + 3 * components : 3]]
+            h_max, v_max = max([h for h, _ in sampling] + [1]), max([v for _, v in sampling] + [1])
+            blocks_per_mcu = sum(h * v for h, v in sampling)
+            return -(-width // (8 * h_max)) * -(-height // (8 * v_max)) * blocks_per_mcu * 64 * 2
+        elif marker == _JPEG_SCAN:
+            return 0
+        pos += 2 + length
+    return 0
 
 
 def _scaled_to(width: int, height: int, min_side: int | None) -> tuple[int, int] | None:
@@ -104,19 +198,42 @@ def _scaled_to(width: int, height: int, min_side: int | None) -> tuple[int, int]
     return max(min_side, round(width * min_side / height)), min_side
 
 
-def _to_rgb(img: Image.Image, copy: bool = True) -> Image.Image:
-    """Convert any mode to RGB; transparency is composited on white (as a viewer on a web page shows it).
+def _reducing_factors(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """The whole factors `Image.resize(target, reducing_gap=_REDUCING_GAP)` first box-reduces `size` by."""
+    return int(size[0] / target[0] / _REDUCING_GAP) or 1, int(size[1] / target[1] / _REDUCING_GAP) or 1
 
-    The result is a new image unless `copy` is false and `img` is already plain RGB.
-    """
+
+def _downscaled_rgb(img: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """`img` as RGB at `target`: the same pixels as converting it whole, then `resize(target, _RESAMPLE,
+    reducing_gap=_REDUCING_GAP)`, without a full-size RGB copy (each strip is converted, then reduced)."""
+    if img.mode == "RGB" and "transparency" not in img.info:  # nothing to convert: Pillow reduces it itself
+        return img.resize(target, _RESAMPLE, reducing_gap=_REDUCING_GAP)
+    fx, fy = _reducing_factors(img.size, target)
+    reduced = _rgb(img, (fx, fy))
+    return reduced.resize(target, _RESAMPLE, box=(0, 0, img.width / fx, img.height / fy))
+
+
+def _rgb(img: Image.Image, factors: tuple[int, int]) -> Image.Image:
+    """A new RGB image of `img` box-reduced by `factors` (as `Image.reduce`), built a strip at a time: whole
+    block rows, so that the reduction is the same as reducing the whole image."""
+    fx, fy = factors
+    width, height = img.size
+    out = Image.new("RGB", (-(-width // fx), -(-height // fy)))
+    rows = fy * max(1, _STRIP_PIXELS // (width * fy))
+    for top in range(0, height, rows):
+        strip = _to_rgb(img.crop((0, top, width, min(height, top + rows))))
+        out.paste(strip if factors == (1, 1) else strip.reduce(factors), (0, top // fy))
+    return out
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any mode to RGB; transparency is composited on white (as a viewer on a web page shows it)."""
     if img.mode.startswith("I"):  # 16-bit greyscale ("I;16*", "I"): a direct convert clips everything >255 to white
         img = img.convert("I").point(lambda v: v / 256).convert("L")
     if img.mode in _ALPHA_MODES or "transparency" in img.info:
         rgba = img.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
-    if img.mode == "RGB" and not copy:
-        return img
-    return img.convert("RGB")  # a copy even when already RGB: drops the reference to the encoded bytes
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def one_line(e: object) -> str:

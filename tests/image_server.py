@@ -1,5 +1,6 @@
 """The loopback image server and sample images: fixtures shared by the fetch tests and the end-to-end build."""
 
+import errno
 import gzip
 import io
 import os
@@ -34,13 +35,17 @@ def _save(img: Image.Image, fmt: str, **kwargs) -> bytes:
     return buf.getvalue()
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims `width` x `height` pixels: a decompression bomb, without the bomb."""
+_PNG_TYPES = {"1": (1, 0), "L": (8, 0), "RGB": (8, 2), "RGBA": (8, 6)}  # Pillow mode -> (bit depth, colour type)
+
+
+def _png_claiming(width: int, height: int, mode: str = "1") -> bytes:
+    """A tiny PNG whose header claims `width` x `height` pixels of `mode`: a decompression bomb, without the bomb
+    (loading it fails: it has no pixel data)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    ihdr = struct.pack(">IIBBBBB", width, height, *_PNG_TYPES[mode], 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
@@ -104,7 +109,8 @@ def closed_port_url() -> str:
 
 @dataclass
 class ImageServer:
-    base: str
+    base: str  # http://127.0.0.1:PORT
+    aliases: tuple[str, ...] = ()  # other loopback hosts serving the same routes at PORT: 127.0.0.2, [::1] if any
     requests: list[tuple[str, str]] = field(default_factory=list)  # (raw path, User-Agent) of every request
     client_ports: list[tuple[str, int]] = field(default_factory=list)  # (raw path, client port): connection reuse
     bytes_sent: Counter = field(default_factory=Counter)  # raw path -> body bytes written (streamed routes)
@@ -114,6 +120,11 @@ class ImageServer:
 
     def url(self, path: str) -> str:
         return self.base + path
+
+    def url_at(self, host: str, path: str) -> str:
+        """`path` at one of the `aliases`. The guard's tests use them with only 127.0.0.1 allowed: a request that
+        got through would be seen."""
+        return self.base.replace("127.0.0.1", host, 1) + path
 
     def count(self, path: str) -> int:
         """How many requests asked for exactly `path` (query included): give each test its own query."""
@@ -266,14 +277,40 @@ def image_server(sample_images, bomb_png):
             if not isinstance(sys.exc_info()[1], ConnectionError):  # clients hanging up is normal here
                 super().handle_error(request, client_address)
 
-    httpd = Server(("127.0.0.1", 0), Handler)
-    server = ImageServer(base=f"http://127.0.0.1:{httpd.server_address[1]}")
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    class ServerV6(Server):
+        address_family = socket.AF_INET6
+
+    servers = _listen_on_loopbacks(Server, ServerV6, Handler)
+    server = ImageServer(base=f"http://127.0.0.1:{servers[0].server_address[1]}",
+                         aliases=("127.0.0.2", "[::1]")[: len(servers) - 1])
+    threads = [threading.Thread(target=httpd.serve_forever, daemon=True) for httpd in servers]
+    for thread in threads:
+        thread.start()
     try:
         yield server
     finally:
         stop.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=5)
+        for httpd, thread in zip(servers, threads):
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join(timeout=5)
+
+
+def _listen_on_loopbacks(server_v4, server_v6, handler, attempts: int = 5) -> list:
+    """Servers at one free port on 127.0.0.1, 127.0.0.2 and, where the machine has IPv6, [::1] (a port free on
+    the first may be taken on another: then try another port)."""
+    for _ in range(attempts):
+        servers = [server_v4(("127.0.0.1", 0), handler)]
+        port = servers[0].server_address[1]
+        try:
+            servers.append(server_v4(("127.0.0.2", port), handler))
+            try:
+                servers.append(server_v6(("::1", port), handler))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise
+            return servers
+        except OSError:
+            for httpd in servers:
+                httpd.server_close()
+    raise OSError(f"no port free on all of 127.0.0.1, 127.0.0.2 and [::1] in {attempts} attempts")

@@ -1,9 +1,13 @@
 import io
+import os
+import threading
+import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from map_fns.fetch import FetchConfig, make_fetch_fn
+from map_fns.fetch import FetchConfig, image_source, make_fetch_fn
 from map_fns.status import BLOCKED, DECODE_ERROR, FETCH_ERROR, INVALID_URL, OK, OPTED_OUT
 
 pytestmark = pytest.mark.timeout(30)
@@ -91,6 +95,17 @@ def test_decompression_bomb(image_server):
     assert row["_image"] is None
 
 
+def test_an_image_too_large_to_decode_in_memory(fetch, closed_port_url, png_claiming):
+    """9400x9400 RGBA is under the pixel cap, but would take over 256 MiB (the default) to decode."""
+    row = one(fetch, closed_port_url, png_claiming(9400, 9400, "RGBA"))
+    assert row["status"] == DECODE_ERROR and row["_image"] is None
+    assert row["error"].startswith("too large to decode: a 9400x9400 PNG needs ")
+    assert row["error"].endswith(f" bytes, over the limit of {256 * 2**20}")
+    lenient = make_fetch_fn(FetchConfig(max_image_decoded_bytes=2**30))
+    row = one(lenient, closed_port_url, png_claiming(9400, 9400, "RGBA"))
+    assert row["status"] == DECODE_ERROR and not row["error"].startswith("too large")  # it got to the (empty) pixels
+
+
 def test_connection_refused(fetch, closed_port_url):
     row = one(fetch, closed_port_url)
     assert row["status"] == FETCH_ERROR and "refused" in row["error"].lower()
@@ -142,15 +157,184 @@ def test_undecodable_embedded_bytes_are_a_decode_error(fetch, closed_port_url):
     assert (row["status"], row["error"]) == (DECODE_ERROR, "cannot identify image file")
 
 
-def test_rows_without_embedded_bytes_are_fetched(fetch, image_server, closed_port_url):
+def test_rows_without_an_image_cell_are_fetched_from_their_url(fetch, image_server, closed_port_url):
     out = fetch(
         {
-            "URL": [image_server.url("/img/bmp"), image_server.url("/img/webp"), closed_port_url, None],
-            "image": [None, {"bytes": None, "path": "only/a/path.jpg"}, None, None],
+            "URL": [image_server.url("/img/bmp"), image_server.url("/img/webp"), closed_port_url, None, None],
+            "image": [None, {"bytes": None, "path": None}, {"bytes": b"", "path": ""}, None, b""],
         }
     )
-    assert out["status"] == [OK, OK, FETCH_ERROR, INVALID_URL]
-    assert out["image_width"] == [17, 35, None, None]
+    assert out["status"] == [OK, OK, FETCH_ERROR, INVALID_URL, INVALID_URL]
+    assert out["image_width"] == [17, 35, None, None, None]
+
+
+# --- image cells with a path -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url, image, expected",
+    [
+        ("http://a/x.jpg", {"bytes": b"PNG...", "path": "http://b/y.jpg"}, (b"PNG...", None)),  # bytes win
+        ("http://a/x.jpg", b"raw", (b"raw", None)),  # a binary column
+        ("http://a/x.jpg", bytearray(b"raw"), (b"raw", None)),
+        ("http://a/x.jpg", {"bytes": None, "path": "http://b/y.jpg"}, (None, "http://b/y.jpg")),  # the path wins
+        ("http://a/x.jpg", {"bytes": b"", "path": "/data/y.png"}, (None, "/data/y.png")),
+        ("http://a/x.jpg", "/data/y.png", (None, "http://a/x.jpg")),  # a string column: not an image column
+        ("http://a/x.jpg", {"bytes": None, "path": None}, (None, "http://a/x.jpg")),
+        ("http://a/x.jpg", {"bytes": b"", "path": ""}, (None, "http://a/x.jpg")),
+        ("http://a/x.jpg", None, (None, "http://a/x.jpg")),
+        (None, None, (None, None)),
+        ("http://a/x.jpg", 42, (None, "http://a/x.jpg")),  # not a cell: holds no image
+        ("http://a/x.jpg", {"bytes": 42, "path": None}, (None, "http://a/x.jpg")),
+    ],
+)
+def test_image_source(url, image, expected):
+    assert image_source(url, image) == expected
+
+
+def test_a_cell_path_url_is_downloaded_instead_of_the_url_column(fetch, image_server, closed_port_url):
+    path = "/img/webp?cell-path"
+    out = fetch({"URL": [closed_port_url], "image": [{"bytes": None, "path": image_server.url(path)}]})
+    assert (out["status"], out["image_width"]) == ([OK], [35])
+    assert image_server.count(path) == 1
+
+
+def test_a_cell_path_url_goes_through_the_address_policy(image_server):
+    """Only 127.0.0.1 is allowed; the server also listens on 127.0.0.2 and [::1]."""
+    assert "127.0.0.2" in image_server.aliases  # [::1] too where the machine has IPv6
+    strict = make_fetch_fn(FetchConfig(allow_networks="127.0.0.1/32", fetch_retries=0))
+    lenient = make_fetch_fn(FetchConfig(allow_networks="127.0.0.0/8,::1/128", fetch_retries=0))
+    for host in image_server.aliases:
+        path = f"/img/bmp?cell-path-blocked={host}"
+        cell = {"bytes": None, "path": image_server.url_at(host, path)}
+        row = one(strict, image_server.url("/img/png_rgb"), cell)
+        assert (row["status"], row["error"]) == (BLOCKED, f"{host.strip('[]')} is not a public address")
+        assert image_server.count(path) == 0
+        assert one(lenient, None, cell)["status"] == OK  # the server is there: only the policy kept it out
+        assert image_server.count(path) == 1
+
+
+def test_a_stalled_cell_path_url_ends_at_the_deadline(image_server):
+    fetch = make_fetch_fn(FetchConfig(fetch_timeout=8, fetch_deadline=1.0, allow_networks=LOOPBACK))
+    start = time.monotonic()
+    row = one(fetch, None, {"bytes": None, "path": image_server.url("/stall?cell-path")})
+    assert (row["status"], row["error"]) == (FETCH_ERROR, "deadline of 1.0s exceeded")
+    assert time.monotonic() - start < 3
+
+
+@pytest.mark.parametrize("path", ["hf://datasets/org/name/a.png", "s3://bucket/a.png", "file:///etc/passwd",
+                                  "gs://bucket/a.png", "data:image/png;base64,iVBORw0KGgo="])
+@pytest.mark.parametrize("read_local_files", [False, True])
+def test_other_schemes_in_a_cell_path_are_invalid(image_server, path, read_local_files):
+    fetch = make_fetch_fn(FetchConfig(allow_networks=LOOPBACK), read_local_files=read_local_files)
+    before = len(image_server.requests)
+    row = one(fetch, image_server.url("/img/bmp"), {"bytes": None, "path": path})
+    scheme = path.split(":")[0]
+    assert (row["status"], row["error"]) == (INVALID_URL, f"image path {path!r} has unsupported scheme {scheme!r}")
+    assert len(image_server.requests) == before  # not the URL column either
+
+
+@pytest.fixture
+def local_images(tmp_path, sample_images) -> Path:
+    """A local source as `datasets` writes one: images loaded from files, saved to parquet (bytes null, path
+    absolute), read back undecoded as the builder reads it."""
+    import datasets
+
+    for name in ("png_rgba", "jpeg_exif6"):
+        (tmp_path / f"{name}.img").write_bytes(sample_images[name].data)
+    paths = [str(tmp_path / "png_rgba.img"), str(tmp_path / "jpeg_exif6.img")]
+    datasets.Dataset.from_dict({"URL": [None, None], "image": paths}).cast_column(
+        "image", datasets.Image()).to_parquet(tmp_path / "source.parquet")
+    return tmp_path / "source.parquet"
+
+
+def test_local_files_are_read_only_when_asked(local_images, sample_images):
+    import datasets
+
+    rows = datasets.Dataset.from_parquet(str(local_images)).cast_column("image", datasets.Image(decode=False))[:]
+    assert [cell["bytes"] for cell in rows["image"]] == [None, None]  # what the fetch stage must cope with
+    out = make_fetch_fn(FetchConfig(), read_local_files=True)(rows)
+    assert out["status"] == [OK, OK]
+    assert list(zip(out["image_width"], out["image_height"])) == [sample_images["png_rgba"].size, (40, 60)]
+    out = make_fetch_fn(FetchConfig())(rows)  # a Hub source: its paths are someone else's, not this machine's
+    assert out["status"] == [INVALID_URL, INVALID_URL]
+    assert out["error"][0] == (f"image path {rows['image'][0]['path']!r} is a local file; local files are read "
+                               f"only for a local source")
+
+
+def test_only_regular_local_files_of_at_most_max_image_bytes_are_read(tmp_path, sample_images):
+    os.mkfifo(tmp_path / "fifo")  # opening it to read would wait for a writer, forever
+    (tmp_path / "big.png").write_bytes(sample_images["png_rgb"].data + bytes(100_000))
+    (tmp_path / "small.png").write_bytes(sample_images["png_rgb"].data)
+    long_name = "x" * 200 + "\nsecond line.png"
+    fetch = make_fetch_fn(FetchConfig(max_image_bytes=100_000), read_local_files=True)
+    cells = ["/dev/zero", str(tmp_path / "fifo"), str(tmp_path), str(tmp_path / "big.png"),
+             str(tmp_path / "missing.png"), str(tmp_path / long_name), str(tmp_path / "small.png")]
+    out = fetch({"URL": [None] * len(cells), "image": [{"bytes": None, "path": path} for path in cells]})
+    assert out["status"] == [FETCH_ERROR] * 6 + [OK]
+    assert out["error"][:5] == [
+        "local file '/dev/zero' is not a regular file",
+        f"local file {str(tmp_path / 'fifo')!r} is not a regular file",
+        f"local file {str(tmp_path)!r} is not a regular file",
+        f"local file {str(tmp_path / 'big.png')!r} is larger than 100000 bytes",
+        f"cannot read local file {str(tmp_path / 'missing.png')!r}: No such file or directory",
+    ]
+    long_error = out["error"][5]
+    assert "\n" not in long_error and len(long_error) < 200  # one line, the middle of the path cut out
+    assert long_error.startswith("cannot read local file '/")
+    assert long_error.endswith("line.png': No such file or directory")
+
+
+def test_a_cell_that_is_not_an_image_cell_is_a_decode_error(fetch, image_server):
+    cells = ["/a/path.png", 42, {"bytes": [1, 2], "path": None}]
+    out = fetch({"URL": [image_server.url("/img/bmp")] * 3, "image": cells})
+    assert out["status"] == [DECODE_ERROR] * 3
+    assert out["error"] == ["image cell is str, not bytes or {bytes, path}",
+                            "image cell is int, not bytes or {bytes, path}",
+                            "image cell is {bytes: list, path: NoneType}, not bytes or {bytes, path}"]
+
+
+# --- one request per URL -----------------------------------------------------------------------------
+
+
+def test_repeated_urls_are_requested_once_across_batches(fetch, image_server, sample_images):
+    urls = {"ok": image_server.url("/img/gif_animated?repeated"), "missing": image_server.url("/404?repeated"),
+            "undecodable": image_server.url("/html?repeated")}
+    for _ in range(4):  # batches: the window outlives a call
+        out = fetch({"URL": [url for url in urls.values() for _ in range(100)]})
+        assert out["status"] == [OK] * 100 + [FETCH_ERROR] * 100 + [DECODE_ERROR] * 100
+        assert out["error"][100:] == ["HTTP 404"] * 100 + ["cannot identify image file"] * 100
+        assert out["image_width"][:100] == [16] * 100
+        assert len({image.tobytes() for image in out["_image"][:100]}) == 1
+    assert [image_server.count(url.removeprefix(image_server.base)) for url in urls.values()] == [1, 1, 1]
+
+
+def test_the_fetch_fn_shares_requests_across_threads(image_server):
+    """The builder calls it from a background prefetch thread; another caller may run at the same time."""
+    fetch = make_fetch_fn(FetchConfig(allow_networks=LOOPBACK, recent_downloads_bytes=0))
+    path = "/sleep?s=0.5&threads"
+    outs: list = []
+    threads = [threading.Thread(target=lambda: outs.append(fetch({"URL": [image_server.url(path)] * 20})))
+               for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert [out["status"] for out in outs] == [[OK] * 20] * 3
+    assert image_server.count(path) == 1
+
+
+def test_the_fetch_fn_pickles_as_its_settings(image_server):
+    """`datasets` pickles map functions to fingerprint them (and to hand them to workers)."""
+    import dill
+    from datasets.fingerprint import Hasher
+
+    cfg = FetchConfig(allow_networks=LOOPBACK)
+    assert Hasher.hash(make_fetch_fn(cfg)) == Hasher.hash(make_fetch_fn(cfg))
+    assert Hasher.hash(make_fetch_fn(cfg)) != Hasher.hash(make_fetch_fn(cfg, read_local_files=True))
+    assert Hasher.hash(make_fetch_fn(cfg)) != Hasher.hash(make_fetch_fn(FetchConfig(max_image_decoded_bytes=10)))
+    copy = dill.loads(dill.dumps(make_fetch_fn(cfg)))
+    assert copy({"URL": [image_server.url("/img/bmp?pickled")]})["status"] == [OK]
 
 
 def test_batch_keeps_row_order(fetch, image_server, sample_images):
@@ -194,6 +378,8 @@ def test_datasets_image_column_without_decoding(fetch, sample_images, closed_por
         ({"allow_networks": "10.0.0.0/8,nonsense"}, "--allow_networks"),
         ({"max_image_bytes": 0}, "--max_image_bytes must be >= 1, got 0"),
         ({"max_image_pixels": -3}, "--max_image_pixels must be >= 1, got -3"),
+        ({"max_image_decoded_bytes": 0}, "--max_image_decoded_bytes must be >= 1, got 0"),
+        ({"recent_downloads_bytes": -1}, "--recent_downloads_bytes must be >= 0, got -1"),
         ({"user_agent": ""}, "--user_agent must be a non-empty single line, got ''"),
         ({"user_agent": "a\r\nX-Evil: 1"}, "--user_agent must be a non-empty single line"),
     ],
@@ -213,7 +399,8 @@ def test_config_as_cli_flags():
     assert (cfg.fetch_concurrency, cfg.fetch_timeout, cfg.max_image_pixels) == (4, 2.5, 89_478_485)
     help_text = parser.format_help()
     for flag in ("--fetch_timeout", "--fetch_concurrency", "--max_image_bytes", "--max_image_pixels", "--user_agent",
-                 "--allow_networks", "--respect_optouts", "--fetch_deadline", "--resize_min_side"):
+                 "--allow_networks", "--respect_optouts", "--fetch_deadline", "--resize_min_side",
+                 "--max_image_decoded_bytes", "--recent_downloads_bytes"):
         assert flag in help_text
     with pytest.raises(ValueError, match="--fetch_concurrency must be >= 1, got 0"):
         parser.parse_args_into_dataclasses(["--fetch_concurrency", "0"])
@@ -222,6 +409,15 @@ def test_config_as_cli_flags():
 def test_loopback_is_blocked_unless_allowed(image_server):
     row = one(make_fetch_fn(FetchConfig(fetch_retries=0)), image_server.url("/img/jpeg_rgb"))
     assert row["status"] == BLOCKED and "127.0.0.1" in row["error"] and row["_image"] is None
+
+
+@pytest.mark.parametrize("host", ["0x7f000001", "0x7f.1", "0177.0.0.1", "127.1", "2130706433", "127.0x0.1"])
+def test_ipv4_hosts_in_other_forms_are_invalid_though_loopback_is_allowed(fetch, image_server, host):
+    port = image_server.base.rsplit(":", 1)[1]
+    path = f"/img/png_rgb?form={host}"
+    row = one(fetch, f"http://{host}:{port}{path}")
+    assert (row["status"], row["error"]) == (INVALID_URL, f"{host!r} is not a canonical IPv4 address")
+    assert image_server.count(path) == 0
 
 
 def test_opted_out_images_are_never_decoded(fetch, image_server):

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(30)
 LOOPBACK = AddressPolicy(parse_networks("127.0.0.0/8"))
 SETTINGS = dict(
     timeout=0.5, deadline=3.0, max_bytes=100_000, max_redirects=3, retries=2, backoff=0.05,
-    user_agent="laion-coco-builder/0.1", concurrency=8, policy=LOOPBACK, respect_optouts=True,
+    user_agent="laion-coco-builder/0.1", concurrency=8, policy=LOOPBACK, respect_optouts=True, recent_bytes=2**20,
 )  # fmt: skip
 
 
@@ -233,7 +233,6 @@ def test_loopback_is_blocked_by_default(image_server, key):
             [
                 image_server.url(path),  # literal address: aiohttp skips the resolver for these
                 f"http://localhost:{port}{path}",  # a name: the resolver drops 127.0.0.1
-                f"http://0x7f000001:{port}{path}",  # a name to us, 127.0.0.1 to getaddrinfo
                 f"http://[::1]:{port}{path}",
                 f"http://[::ffff:127.0.0.1]:{port}{path}",
             ]
@@ -241,11 +240,57 @@ def test_loopback_is_blocked_by_default(image_server, key):
     assert [(r.status, r.error) for r in results] == [
         (BLOCKED, "127.0.0.1 is not a public address"),
         (BLOCKED, "127.0.0.1 is not a public address"),
-        (BLOCKED, "127.0.0.1 is not a public address"),
         (BLOCKED, "::1 is not a public address"),
         (BLOCKED, "::ffff:127.0.0.1 is not a public address"),
     ]
     assert image_server.count(path) == 0
+
+
+# Hosts that getaddrinfo (inet_aton) and browsers read as 127.0.0.1, though not written as it.
+HIDDEN_LOOPBACK = [
+    ("0x7f000001", "0x7f000001"),  # hex, whole
+    ("0x7f.1", "0x7f.1"),  # hex, shortened
+    ("0X7F.0.0.1", "0x7f.0.0.1"),  # hex, upper case
+    ("0177.0.0.1", "0177.0.0.1"),  # octal
+    ("017700000001", "017700000001"),  # octal, whole
+    ("127.1", "127.1"),  # shortened
+    ("127.0.1", "127.0.1"),
+    ("2130706433", "2130706433"),  # decimal, whole
+    ("127.0x0.01", "127.0x0.01"),  # mixed
+    ("127.0.0.1.", "127.0.0.1."),  # trailing dot
+    ("０ｘ７ｆ．１", "0x7f.1"),  # full-width: IDNA maps it to ASCII
+    ("１２７。１", "127.1"),
+]
+
+
+@pytest.mark.parametrize("host, ascii_host", HIDDEN_LOOPBACK)
+def test_non_canonical_ipv4_hosts_are_invalid_even_where_allowed(dl, image_server, key, host, ascii_host):
+    """`dl` allows 127.0.0.0/8: these hosts are refused for their form, not for where they lead."""
+    port = image_server.base.rsplit(":", 1)[1]
+    path = f"/img/bmp?hidden={key}"
+    assert one(dl, f"http://{host}:{port}{path}") == Download(
+        INVALID_URL, f"{ascii_host!r} is not a canonical IPv4 address", None)
+    target = quote(f"http://{ascii_host}:{port}{path}", safe="")  # a Location header is ASCII
+    assert one(dl, image_server.url(f"/redirect-to?url={target}&k={key}")) == Download(
+        INVALID_URL, f"bad redirect: {ascii_host!r} is not a canonical IPv4 address", None)
+    assert image_server.count(path) == 0
+    assert image_server.count(f"/redirect-to?url={target}&k={key}") == 1  # the redirect itself was fetched
+
+
+@pytest.mark.parametrize("url", ["http://0x7f.1.invalid/a.jpg", "http://cdn.0x7g/a.jpg", "http://0x.example/a.jpg",
+                                 "http://1e100.net/a.jpg", "http://127.0.0.1.example/a.jpg", "http://[::ffff:7f00:1]/"])
+def test_hosts_whose_last_label_is_not_a_number_are_names(url):
+    assert check_url(url) == url
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "127。0。0。1", "0x7f.1.invalid"])
+def test_canonical_addresses_and_names_are_fetched(dl, image_server, sample_images, host):
+    port = image_server.base.rsplit(":", 1)[1]
+    result = one(dl, f"http://{host}:{port}/img/bmp")
+    if host.endswith(".invalid"):  # a name, looked up as one (and never found)
+        assert result.status == FETCH_ERROR and result.error.startswith("DNS lookup of 0x7f.1.invalid failed")
+    else:
+        assert result == Download(OK, None, sample_images["bmp"].data)
 
 
 def test_names_resolving_to_allowed_networks_are_fetched(dl, image_server, sample_images):
@@ -326,6 +371,65 @@ def test_opt_outs_can_be_ignored(image_server, sample_images):
     with make(respect_optouts=False) as downloader:
         result = one(downloader, image_server.url("/robots?tag=noai"))
     assert result == Download(OK, None, sample_images["jpeg_rgb"].data)
+
+
+# --- one request per URL ----------------------------------------------------------------------------
+
+
+def test_a_url_repeated_in_a_call_is_requested_once(dl, image_server, sample_images, key):
+    path = f"/img/webp?k={key}"
+    results = dl.fetch_all([image_server.url(path)] * 300 + [image_server.url(f"/404?k={key}")] * 300)
+    assert results == ([Download(OK, None, sample_images["webp"].data)] * 300
+                       + [Download(FETCH_ERROR, "HTTP 404", None)] * 300)
+    assert (image_server.count(path), image_server.count(f"/404?k={key}")) == (1, 1)
+
+
+def test_recent_outcomes_are_reused_across_calls(dl, image_server, sample_images, key):
+    """Successes and failures alike: a URL that failed a moment ago is not asked for again either."""
+    urls = {path: image_server.url(path) for path in (f"/img/bmp?k={key}", f"/500?k={key}", f"/stall?k={key}")}
+    for _ in range(3):
+        results = dl.fetch_all([url for url in urls.values() for _ in range(100)])
+        assert results == ([Download(OK, None, sample_images["bmp"].data)] * 100
+                           + [Download(FETCH_ERROR, "HTTP 500", None)] * 100
+                           + [Download(FETCH_ERROR, "timed out after 0.5s", None)] * 100)
+    assert [image_server.count(path) for path in urls] == [1, 3, 3]  # the first calls' attempts (retries=2), only
+
+
+def test_a_request_in_flight_is_shared_with_other_threads(image_server, sample_images, key):
+    path = f"/sleep?s=0.3&k={key}"  # under the read timeout: one attempt, while every thread asks
+    results: list = []
+    with make(recent_bytes=0) as downloader:  # no outcome is kept: only sharing the request in flight can help
+        threads = [threading.Thread(target=lambda: results.extend(downloader.fetch_all([image_server.url(path)] * 10)))
+                   for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    assert results == [Download(OK, None, sample_images["jpeg_rgb"].data)] * 40
+    assert image_server.count(path) == 1
+
+
+def test_recent_outcomes_are_bounded_in_bytes(image_server, key):
+    """Room for two 20 kB bodies: the least recently used one goes; a body over the whole budget is not kept."""
+    body = {i: f"/robots?size=20000&k={key}-{i}" for i in range(4)}
+    with make(recent_bytes=50_000) as downloader:
+        for i in (0, 1, 0, 2):  # 0 used again after 1: 1 is the least recently used when 2 comes
+            assert one(downloader, image_server.url(body[i])) == Download(OK, None, bytes(20_000))
+        for i in (0, 2, 1):
+            assert one(downloader, image_server.url(body[i])).status == OK
+        assert [image_server.count(body[i]) for i in (0, 1, 2)] == [1, 2, 1]
+        huge = f"/robots?size=60000&k={key}-huge"
+        for _ in range(2):
+            assert one(downloader, image_server.url(huge)).status == OK
+        assert image_server.count(huge) == 2
+
+
+def test_without_a_window_only_a_call_shares_requests(image_server, key):
+    path = f"/img/png_rgb?k={key}"
+    with make(recent_bytes=0) as downloader:
+        for _ in range(3):
+            assert [r.status for r in downloader.fetch_all([image_server.url(path)] * 50)] == [OK] * 50
+    assert image_server.count(path) == 3
 
 
 # --- URLs and lifecycle ------------------------------------------------------------------------------

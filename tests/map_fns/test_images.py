@@ -1,12 +1,17 @@
+import functools
 import io
+import json
 import os
+import subprocess
+import sys
+import textwrap
 
+import numpy as np
 import pytest
-from PIL import Image
-
+from PIL import Image, ImageDraw, ImageOps
 from PIL.JpegImagePlugin import JpegImageFile
 
-from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, decode_image, one_line
+from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, decode_image, decoded_bytes, one_line
 
 LIMIT = 89_478_485
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)  # as in conftest's sample_images
@@ -231,3 +236,177 @@ def test_one_line():
     assert one_line(ValueError("first\nsecond")) == "first"
     assert one_line(TimeoutError()) == "TimeoutError"
     assert len(one_line(ValueError("x" * 1000))) == 200
+
+
+
+# --- decode memory -----------------------------------------------------------------------------------
+
+MiB = 2**20
+DEFAULT_CAP = 256 * MiB  # FetchConfig's --max_image_decoded_bytes
+
+
+def naive_rgb(data: bytes, min_side: int | None) -> Image.Image:
+    """The straightforward decode (upright, composite the whole image on white, convert, resize): several
+    full-size copies, but plainly right. The decode must give these pixels with one full-size image."""
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    if img.mode.startswith("I"):
+        img = img.convert("I").point(lambda v: v / 256).convert("L")
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        img = Image.alpha_composite(Image.new("RGBA", img.size, (*WHITE, 255)), img)
+    img = img.convert("RGB")
+    if min_side is None or min(img.size) <= min_side:
+        return img
+    return img.resize(expected_size(*img.size, min_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def noise(mode: str, size: tuple[int, int]) -> Image.Image:
+    """Independent noise in every band (alpha too: partly transparent), so a misplaced or mis-averaged pixel
+    anywhere shows."""
+    bands = Image.new(mode, (1, 1)).getbands()
+    return Image.merge(mode, [Image.effect_noise(size, 60 + 20 * i) for i in range(len(bands))])
+
+
+def png(img: Image.Image, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG", compress_level=1, **kwargs)
+    return buf.getvalue()
+
+
+NOISY_PNGS = {
+    "RGBA": lambda size: png(noise("RGBA", size)),
+    "LA": lambda size: png(noise("LA", size)),
+    "P + transparency": lambda size: png(Image.effect_noise(size, 80).convert("P"), transparency=7),
+    "L": lambda size: png(Image.effect_noise(size, 80)),
+    "I;16": lambda size: png(Image.effect_noise(size, 80).convert("I").point(lambda v: v * 250).convert("I;16")),
+    "RGB": lambda size: png(noise("RGB", size)),
+}
+
+
+@functools.cache
+def noisy_png(kind: str) -> bytes:
+    """2341x1901: at 448 px it is first reduced 2x2; half a million pixels are 223 rows of it (odd: a strip
+    must be cut at 222 to hold whole 2x2 blocks), and the last of the 9 strips is partial and of an odd height."""
+    return NOISY_PNGS[kind]((2341, 1901))
+
+
+@pytest.mark.parametrize("min_side", [448, None])
+@pytest.mark.parametrize("kind", NOISY_PNGS)
+def test_the_decode_gives_the_pixels_of_the_straightforward_decode(kind, min_side):
+    data = noisy_png(kind)
+    decoded = decode_for_models(data, LIMIT, min_side)
+    expected = naive_rgb(data, min_side)
+    assert decoded.image.size == expected.size
+    assert decoded.image.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_comes_out_upright(orientation):
+    stored = noise("RGBA", (1500, 1000))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = png(stored, exif=exif.tobytes())
+    full = decode_for_models(data, LIMIT)
+    assert full.image.tobytes() == naive_rgb(data, None).tobytes()  # exif_transpose decides what upright is
+    small = decode_for_models(data, LIMIT, 448)
+    assert (small.width, small.height) == (full.width, full.height) == full.image.size
+    # Downscaled, then turned (not turned, then downscaled): the two filter passes round in the other order.
+    diff = np.abs(np.asarray(small.image, dtype=int) - np.asarray(naive_rgb(data, 448), dtype=int))
+    assert diff.max() <= 1 and diff.mean() < 0.25
+
+
+def test_a_decode_over_the_memory_cap_is_refused_from_the_header(png_claiming):
+    # 9400x9400 RGBA (88 Mpx, under the pixel cap): 353 MB decoded. The file holds no pixels, so had the decode
+    # begun it would have failed otherwise.
+    with pytest.raises(ImageDecodeError) as info:
+        decode_for_models(png_claiming(9400, 9400, "RGBA"), LIMIT, 448, DEFAULT_CAP)
+    needed = decoded_bytes(png_claiming(9400, 9400, "RGBA"), 448)
+    assert needed > 9400 * 9400 * 4  # Pillow stores RGBA at 4 bytes a pixel, and the decode needs more
+    assert info.value.reason == (f"too large to decode: a 9400x9400 PNG needs {needed} bytes, "
+                                 f"over the limit of {DEFAULT_CAP}")
+    with pytest.raises(ImageDecodeError) as info:  # the same size in greyscale is a quarter of that: it passes
+        decode_for_models(png_claiming(9400, 9400, "L"), LIMIT, 448, DEFAULT_CAP)
+    assert not info.value.reason.startswith("too large")
+    with pytest.raises(ImageDecodeError) as info:  # so does a 7500x7500 RGBA one
+        decode_for_models(png_claiming(7500, 7500, "RGBA"), LIMIT, 448, DEFAULT_CAP)
+    assert not info.value.reason.startswith("too large")
+
+
+@pytest.fixture(scope="module")
+def photo_4000x3000() -> Image.Image:
+    return noise("RGB", (400, 300)).resize((4000, 3000), Image.Resampling.BICUBIC)
+
+
+def test_a_big_jpeg_is_cheap_to_decode_small_unless_progressive(photo_4000x3000):
+    """libjpeg decodes a baseline JPEG at 1/4 scale a row of blocks at a time, but keeps every DCT coefficient
+    of a progressive one at full size (2 bytes each, 1.5 per pixel in 4:2:0): 36 MB for 4000x3000."""
+    baseline, progressive = jpeg(photo_4000x3000), jpeg(photo_4000x3000, progressive=True)
+    cap = 32 * MiB
+    assert decode_for_models(baseline, LIMIT, 448, cap).image.size == (597, 448)
+    besides_the_data = [decoded_bytes(data, 448) - len(data) for data in (baseline, progressive)]
+    assert besides_the_data[1] - besides_the_data[0] >= 4000 * 3000 * 1.5 * 2
+    with pytest.raises(ImageDecodeError, match=r"^too large to decode: a 4000x3000 JPEG needs \d+ bytes"):
+        decode_for_models(progressive, LIMIT, 448, cap)
+    assert decode_for_models(progressive, LIMIT, 448).image.size == (597, 448)  # without a cap it decodes
+
+
+PEAK = textwrap.dedent("""
+    import json, sys
+    from map_fns.images import decode_for_models
+
+    def kib(field):
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(field + ":"))
+
+    data = open(sys.argv[1], "rb").read()
+    min_side = int(sys.argv[2]) or None
+    decode_for_models(open(sys.argv[3], "rb").read(), 10**9, min_side)  # load the codecs first
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # the high-water mark restarts from the current resident set
+    before = kib("VmRSS")
+    decode_for_models(data, 10**9, min_side)
+    print(json.dumps((kib("VmHWM") - before) * 1024))
+""")
+
+
+def shapes(mode: str, size: tuple[int, int]) -> Image.Image:
+    """Flat ellipses, some partly transparent: a big image in a small file, so the file's size (which the
+    estimate counts: some decoders copy it) cannot hide an error in the rest of it."""
+    img = Image.new(mode, size)
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    for i in range(1, 5):
+        colour = {"RGBA": (60 * i, 255 - 50 * i, 90, 70 * i - 30), "RGB": (60 * i, 90, 40 * i), "L": 50 * i}[mode]
+        draw.ellipse((w * i // 9, h * i // 11, w * (i + 4) // 9, h * (i + 5) // 11), fill=colour)
+    return img
+
+
+MEMORY_CASES = {  # name -> (image, its format and save options)
+    "RGBA PNG": (lambda: shapes("RGBA", (4000, 3000)), "PNG", {}),
+    "P PNG with transparency": (lambda: shapes("L", (4000, 3000)).convert("P"), "PNG", {"transparency": 0}),
+    "L PNG": (lambda: shapes("L", (4000, 3000)), "PNG", {}),
+    "progressive JPEG": (lambda: noise("RGB", (400, 300)).resize((4000, 3000)), "JPEG", {"progressive": True}),
+    "WEBP": (lambda: noise("RGB", (300, 200)).resize((3000, 2000)), "WEBP", {}),
+}
+
+
+@pytest.mark.parametrize("min_side", [448, 0])
+@pytest.mark.parametrize("kind", MEMORY_CASES)
+def test_a_decode_holds_no_more_memory_than_its_estimate(tmp_path, kind, min_side):
+    """The cap is only a bound if the estimate is: measure the peak resident memory of one decode (after one
+    of a small image of the same kind, which loads the codec but leaves no big free memory to reuse)."""
+    make, fmt, options = MEMORY_CASES[kind]
+    image = make()
+    for name, img in (("image", image), ("warm", image.resize((64, 48)))):
+        img.save(tmp_path / name, fmt, **options)
+    run = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / "image"), str(min_side), str(tmp_path / "warm")],
+                         capture_output=True, text=True, check=True, cwd=os.getcwd())
+    peak = json.loads(run.stdout)
+    estimate = decoded_bytes((tmp_path / "image").read_bytes(), min_side or None)
+    assert peak <= estimate, f"{kind}: peak {peak / MiB:.1f} MiB over the estimate {estimate / MiB:.1f} MiB"
+    assert peak > estimate / 3  # a bound, not a wild guess
+
+
+def _save(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
