@@ -76,7 +76,7 @@ class Hub:
     Hub has failed to answer (or HF_HUB_OFFLINE is set), so that an unreachable Hub costs one timeout at most."""
 
     def __init__(self):
-        self.off: str | None = "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else None
+        self.off: str | None = None  # why the Hub is not asked any more; HF_HUB_OFFLINE makes the first ask fail
 
     def has(self, repo_id: str, filename: str, repo_type: str = "model") -> bool | None:
         """Whether the repo holds the file (a HEAD request); None when the Hub does not serve. Raises `_Problem`

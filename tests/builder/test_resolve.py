@@ -141,8 +141,10 @@ def test_offline_or_with_the_hub_down_models_in_the_cache_pass(hub):
     for repo_id in ("org/blip", "org/clip", RN50X64_WEIGHTS_REPO, "org/t5"):
         assert _python(DOWNLOAD, repo_id, env=hub.env()).returncode == 0
     assert _check_models(_offline(hub.env()), *_hub_flags()) is None
+    requests = hub.requests
     hub.down = True
     assert _check_models(hub.env(), *_hub_flags()) is None  # the loaders fall back to the cache the same way
+    assert hub.requests == requests + 1  # once the Hub failed to answer, only the cache is asked
 
 
 @pytest.mark.timeout(120)
@@ -195,10 +197,14 @@ def test_a_missing_or_incomplete_local_folder_is_named(tiny_models, tmp_path):
     no_config = shutil.copytree(tiny_models.repairer, tmp_path / "t5", ignore=shutil.ignore_patterns("config.json"))
     assert _check_models(env, *_tiny_flags(tiny_models), "--repairer", str(no_config)) == (
         f"--repairer {str(no_config)!r} has no config.json: it is not a saved transformers model")
-    no_weights = shutil.copytree(_local_dir(tiny_models.reranker), tmp_path / "clip",
-                                 ignore=shutil.ignore_patterns("*.safetensors"))
-    assert _check_models(env, *_tiny_flags(tiny_models), "--reranker", LOCAL_DIR_PREFIX + str(no_weights)) == (
-        f"--reranker {LOCAL_DIR_PREFIX + str(no_weights)!r} has no open_clip weights (*.safetensors or *.bin or *.pth)")
+    no_weights = shutil.copytree(tiny_models.captioner, tmp_path / "blip", ignore=shutil.ignore_patterns("model.*"))
+    assert _check_models(env, *_tiny_flags(tiny_models), "--captioner", str(no_weights)) == (
+        f"--captioner {str(no_weights)!r} has no weights (model.safetensors or pytorch_model.bin, whole or sharded)")
+    no_clip_weights = shutil.copytree(_local_dir(tiny_models.reranker), tmp_path / "clip",
+                                      ignore=shutil.ignore_patterns("*.safetensors"))
+    assert _check_models(env, *_tiny_flags(tiny_models), "--reranker", LOCAL_DIR_PREFIX + str(no_clip_weights)) == (
+        f"--reranker {LOCAL_DIR_PREFIX + str(no_clip_weights)!r} has no open_clip weights "
+        "(*.safetensors or *.bin or *.pth)")
 
 
 @pytest.mark.timeout(120)
