@@ -1,10 +1,10 @@
 """Check that the run's models and Hub source can be had, before any output is written and any weights download.
 
-A model that cannot be loaded (a typo, a gated or private repo, no network) used to fail after the output folder
-was made, after 20-30 s of download retries, with a traceback. Here every model flag is looked up first, from
-metadata only: a local folder's files; else on the Hub one HEAD request per file (no retries) and the small config
-file; else, when the Hub is off, the local cache the loaders would fall back to. Each problem is one line naming
-the flag, the id and what to do. torch and the model libraries load only for what needs them (open_clip's table
+A model that cannot be loaded (a typo, a gated or private repo, no network) would otherwise fail once the output
+folder exists, after huggingface_hub's 20-30 s of download retries, with a traceback. So every model flag is looked
+up first, from metadata only: a local folder's files; else on the Hub one HEAD request per file (no retries) and
+the small config file; else, when the Hub does not answer, the local cache the loaders would fall back to. Each
+problem is one line naming the flag, the id and what to do. torch and the model libraries load only for what needs them (open_clip's table
 of pretrained tags, transformers' list of seq2seq model types), after every model's files were found.
 """
 
@@ -32,6 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from builder.config import BuildConfig, ConfigError
 from map_fns import repair, rerank
+from map_fns.clip_score import parse_clip_spec
 
 LOGIN = "HF_TOKEN or `hf auth login`"
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -58,8 +59,12 @@ def _refusal(err: HfHubHTTPError, repo_id: str, repo_type: str) -> str | None:
     if status in HUB_UNAVAILABLE or status >= 500:
         return None
     if status == 401:
-        return "cannot be checked: the Hub refused the token (401): fix HF_TOKEN or run `hf auth login` again"
-    return f"cannot be checked: the Hub answered {status} for {repo_id}: {err.server_message or err}"
+        return f"cannot be checked: the Hub refused the request (401): set a valid token ({LOGIN})"
+    return f"cannot be checked: the Hub answered {status} for {repo_id} ({_first_line(err.server_message or err)})"
+
+
+def _first_line(message: object) -> str:
+    return (str(message).strip().splitlines() or ["-"])[0]
 
 
 def _unavailable(err: Exception) -> str:
@@ -68,7 +73,7 @@ def _unavailable(err: Exception) -> str:
         return "HF_HUB_OFFLINE is set"
     if isinstance(err, HfHubHTTPError):
         return f"the Hub cannot be reached (it answered {err.response.status_code})"
-    return f"the Hub cannot be reached ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else '-'})"
+    return f"the Hub cannot be reached ({type(err).__name__}: {_first_line(err)})"
 
 
 class Hub:
@@ -147,15 +152,15 @@ class FolderFiles:
 def _load_json(path: Path, name: str) -> dict:
     try:
         value = json.loads(path.read_text())
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
     except (OSError, ValueError) as err:
         raise _Problem(f"has an unreadable {name} ({err})") from None
-    if not isinstance(value, dict):
-        raise _Problem(f"has a {name} that is not a JSON object")
     return value
 
 
 def _folder(path: str) -> FolderFiles:
-    folder = Path(path).expanduser()
+    folder = Path(path)  # as the loaders take it: no ~ expansion
     if not folder.is_dir():
         raise _Problem("is not a folder that exists")
     return FolderFiles(folder)
@@ -163,8 +168,8 @@ def _folder(path: str) -> FolderFiles:
 
 def _transformers_files(spec: str, hub: Hub) -> FolderFiles | HubFiles:
     """Where `from_pretrained(spec)` reads: an existing folder, else a Hub repo id."""
-    if Path(spec).expanduser().is_dir():
-        return FolderFiles(Path(spec).expanduser())
+    if Path(spec).is_dir():
+        return FolderFiles(Path(spec))
     try:
         validate_repo_id(spec)
     except HFValidationError:
@@ -204,8 +209,6 @@ def _match_seq2seq(spec: str, config: dict, hub: Hub) -> None:
 def _find_open_clip(spec: str, hub: Hub) -> None:
     """A local-dir: or hf-hub: model: its open_clip config and weights. A built-in name's weights are found only
     through open_clip's table of pretrained tags, in `_match_open_clip`."""
-    from map_fns.clip_score import parse_clip_spec
-
     name, _ = parse_clip_spec(spec)
     if name.startswith("local-dir:"):
         files, weights = _folder(name.removeprefix("local-dir:")), OPEN_CLIP_LOCAL_WEIGHTS
@@ -223,8 +226,6 @@ def _find_open_clip(spec: str, hub: Hub) -> None:
 def _match_open_clip(spec: str, config: None, hub: Hub) -> None:
     """A built-in architecture with a pretrained tag (or checkpoint file), whose weights open_clip fetches from the
     Hub repo its table names (`hf_hub`: 'org/repo/' or 'org/repo/file'), the .safetensors twin first."""
-    from map_fns.clip_score import parse_clip_spec
-
     name, pretrained = parse_clip_spec(spec)
     if pretrained is None:  # local-dir: or hf-hub:, found in full by _find_open_clip
         return
@@ -319,7 +320,7 @@ def check_hub_dataset(hub_id: str, split: str) -> None:
     try:
         builder = datasets.load_dataset_builder(hub_id)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"--source {hub_id!r} cannot be read as a dataset: {str(err).splitlines()[0]}") from None
+        raise ConfigError(f"--source {hub_id!r} cannot be read as a dataset: {_first_line(err)}") from None
     splits = [str(name) for name in builder.config.data_files or builder.info.splits or []]
     if splits and split not in splits:
         raise ConfigError(f"--source_split {split!r} is not a split of {hub_id} (splits: {', '.join(splits)})")

@@ -124,8 +124,15 @@ def test_a_gated_model_says_to_accept_its_terms(hub, tiny_models, token):
 def test_a_token_the_hub_refuses_is_named_as_the_problem(hub):
     env = {**hub.env(), "HF_TOKEN": "hf_expired"}
     assert _check_models(env, "--captioner", "org/blip") == (
-        "--captioner 'org/blip' cannot be checked: the Hub refused the token (401): fix HF_TOKEN or run "
-        "`hf auth login` again")
+        f"--captioner 'org/blip' cannot be checked: the Hub refused the request (401): set a valid token ({LOGIN})")
+
+
+@pytest.mark.timeout(120)
+def test_an_endpoint_that_is_no_hub_gets_its_answer_quoted(hub):
+    env = {**hub.env(), "HF_ENDPOINT": hub.url + "/mirror"}  # a mistyped HF_ENDPOINT: every path is unknown there
+    assert _check_models(env, "--captioner", "org/blip") == (
+        "--captioner 'org/blip' cannot be checked: the Hub answered 404 for org/blip (no route for HEAD "
+        "/mirror/org/blip/resolve/main/config.json)")
 
 
 @pytest.mark.timeout(120)
@@ -197,6 +204,10 @@ def test_a_missing_or_incomplete_local_folder_is_named(tiny_models, tmp_path):
     no_config = shutil.copytree(tiny_models.repairer, tmp_path / "t5", ignore=shutil.ignore_patterns("config.json"))
     assert _check_models(env, *_tiny_flags(tiny_models), "--repairer", str(no_config)) == (
         f"--repairer {str(no_config)!r} has no config.json: it is not a saved transformers model")
+    corrupt = shutil.copytree(tiny_models.repairer, tmp_path / "t5-corrupt")
+    (corrupt / "config.json").write_text('{"model_type": "t5",')  # cut off mid-write
+    assert _check_models(env, *_tiny_flags(tiny_models), "--repairer", str(corrupt)).startswith(
+        f"--repairer {str(corrupt)!r} has an unreadable config.json (")
     no_weights = shutil.copytree(tiny_models.captioner, tmp_path / "blip", ignore=shutil.ignore_patterns("model.*"))
     assert _check_models(env, *_tiny_flags(tiny_models), "--captioner", str(no_weights)) == (
         f"--captioner {str(no_weights)!r} has no weights (model.safetensors or pytorch_model.bin, whole or sharded)")
