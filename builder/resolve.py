@@ -28,7 +28,7 @@ from huggingface_hub.errors import (
     RemoteEntryNotFoundError,
     RepositoryNotFoundError,
 )
-from huggingface_hub.utils import validate_repo_id
+from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
 
 from builder.config import BuildConfig, ConfigError
 from map_fns import repair, rerank
@@ -84,13 +84,25 @@ class Hub:
         self.off: str | None = None  # why the Hub is not asked any more; HF_HUB_OFFLINE makes the first ask fail
 
     def has(self, repo_id: str, filename: str, repo_type: str = "model") -> bool | None:
-        """Whether the repo holds the file (a HEAD request); None when the Hub does not serve. Raises `_Problem`
-        for answers that say what to fix (not found, gated, token refused)."""
+        """Whether the repo holds the file (a HEAD request); None when the Hub does not serve."""
+        url = hf_hub_url(repo_id, filename, repo_type=repo_type)
+        return self._ask(repo_id, repo_type, lambda: get_hf_file_metadata(url, timeout=constants.HF_HUB_ETAG_TIMEOUT))
+
+    def may_read(self, repo_id: str, repo_type: str) -> bool | None:
+        """Whether this token may read the repo's files (the Hub's auth-check, which a gated repo's public files
+        would not tell); None when the Hub does not serve."""
+        url = f"{constants.ENDPOINT}/api/{repo_type}s/{repo_id}/auth-check"
+        return self._ask(repo_id, repo_type, lambda: hf_raise_for_status(
+            get_session().get(url, headers=build_hf_headers(), timeout=constants.HF_HUB_ETAG_TIMEOUT)))
+
+    def _ask(self, repo_id: str, repo_type: str, request: Callable[[], object]) -> bool | None:
+        """One request, no retries: True if it succeeds, False for a missing file, None when the Hub does not serve
+        (from then on it is not asked again). Raises `_Problem` for answers that say what to fix (not found, gated,
+        token refused)."""
         if self.off:
             return None
         try:
-            get_hf_file_metadata(hf_hub_url(repo_id, filename, repo_type=repo_type),
-                                 timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            request()
             return True
         except RemoteEntryNotFoundError:
             return False
@@ -308,7 +320,7 @@ def check_hub_dataset(hub_id: str, split: str) -> None:
     """
     hub = Hub()
     try:
-        hub.has(hub_id, "README.md", repo_type="dataset")  # any file will do: a missing or gated repo refuses all
+        hub.may_read(hub_id, "dataset")
     except _Problem as problem:
         raise ConfigError(f"--source {hub_id!r} {problem}") from None
     if hub.off:

@@ -4,8 +4,9 @@ It answers, the way the Hub does, the routes of HUB_TEST_SERVER.md that these cl
 branches, commit, list and download (paths-info, whoami and deletions are left out: nothing here uses them).
 It keeps each repo's branches and commit history in memory, applies a commit all-or-nothing, counts the LFS
 uploads it stored per oid, and can drop LFS PUT connections to cut a push off mid-way. For tests of downloading
-clients it can hold a folder as a ready-made repo, gate a repo (files refused as the Hub refuses them to users
-who have not accepted its terms), and answer every request 503 as during an outage, counting requests.
+clients it can hold a folder as a ready-made repo, gate a repo (its files and auth-check refused as the Hub
+refuses them to users who have not accepted its terms), and answer every request 503 as during an outage,
+counting requests.
 """
 
 from __future__ import annotations
@@ -328,6 +329,14 @@ class _Handler(BaseHTTPRequestHandler):
                     "gated": "manual" if repo.gated else False,
                     "siblings": [{"rfilename": path} for path in sorted(commit.files)]})
 
+    def auth_check(self, body: bytes, type: str, ns: str, name: str) -> None:
+        """Whether the caller may read the repo's files."""
+        with self.server.hub.lock:
+            repo = self._repo(type, ns, name)
+            if repo.gated:
+                self._refuse_gated(repo)
+        self._json({})
+
     def preupload(self, body: bytes, type: str, ns: str, name: str, rev: str) -> None:
         with self.server.hub.lock:
             files = self._commit(self._repo(type, ns, name, write=True), rev).files
@@ -459,6 +468,7 @@ _ROUTES = [(method, re.compile(pattern), handler) for method, pattern, handler i
     ("POST", r"/api/validate-yaml", _Handler.validate_yaml),
     ("POST", rf"/api/{_TYPE}/{_REPO}/branch/(?P<branch>[^/]+)", _Handler.create_branch),
     ("GET", rf"/api/{_TYPE}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", _Handler.repo_info),
+    ("GET", rf"/api/{_TYPE}/{_REPO}/auth-check", _Handler.auth_check),
     ("POST", rf"/api/{_TYPE}/{_REPO}/preupload/(?P<rev>[^/]+)", _Handler.preupload),
     ("POST", rf"/api/{_TYPE}/{_REPO}/commit/(?P<rev>[^/]+)", _Handler.commit),
     ("GET", rf"/api/{_TYPE}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", _Handler.tree),
