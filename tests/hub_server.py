@@ -3,7 +3,10 @@
 It answers, the way the Hub does, the routes of HUB_TEST_SERVER.md that these clients use to create repos and
 branches, commit, list and download (paths-info, whoami and deletions are left out: nothing here uses them).
 It keeps each repo's branches and commit history in memory, applies a commit all-or-nothing, counts the LFS
-uploads it stored per oid, and can drop LFS PUT connections to cut a push off mid-way.
+uploads it stored per oid, and can drop LFS PUT connections to cut a push off mid-way. For tests of downloading
+clients it can hold a folder as a ready-made repo, gate a repo (its files and auth-check refused as the Hub
+refuses them to users who have not accepted its terms), and answer every request 503 as during an outage,
+counting requests.
 """
 
 from __future__ import annotations
@@ -43,12 +46,27 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+def _goes_to_lfs(path: str, sample: bytes, size: int) -> bool:
+    """The server's choice, as the Hub's: LFS for the suffixes .gitattributes lists, binary content, or size."""
+    return path.endswith(LFS_SUFFIXES) or b"\0" in sample or size >= LFS_MIN_SIZE
+
+
 @dataclass(frozen=True)
 class StoredFile:
     oid: str  # git blob sha1: of the content, or of the LFS pointer for LFS files
     size: int
     sha256: str | None = None  # LFS files only: the object's oid in the LFS store
     content: bytes | None = None  # regular files only
+
+    @classmethod
+    def regular(cls, content: bytes) -> StoredFile:
+        return cls(git_blob_sha1(content), len(content), content=content)
+
+    @classmethod
+    def lfs(cls, sha256: str, size: int) -> StoredFile:
+        """An LFS file, stored in git as its pointer."""
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+        return cls(git_blob_sha1(pointer), size, sha256=sha256)
 
     def entry(self, path: str) -> dict:
         """The file as the tree route lists it."""
@@ -71,6 +89,7 @@ class Repo:
     repo_type: str  # "datasets", "models" or "spaces", as in the API routes
     repo_id: str
     private: bool
+    gated: bool = False  # files are refused to everyone: no user has accepted the repo's terms
     branches: dict[str, str] = field(default_factory=dict)  # name -> head commit oid
     commits: dict[str, Commit] = field(default_factory=dict)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content
@@ -114,7 +133,34 @@ class HubServer:
     lfs_uploads: Counter = field(default_factory=Counter)  # sha256 -> LFS PUTs that were stored
     lfs_puts: int = 0  # LFS PUTs received, dropped ones included
     drop_puts: range = range(0)  # 1-based numbers of the LFS PUTs whose connection is closed unanswered
+    requests: int = 0  # requests received, answered or not
+    down: bool = False  # answer every request 503 Service Unavailable, as the Hub does during an outage
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def create(self, repo_type: str, repo_id: str, private: bool = False) -> Repo:
+        """A new repo whose first commit holds the .gitattributes the Hub writes (caller holds the lock)."""
+        repo = Repo(repo_type, repo_id, private)
+        repo.add_commit("main", "initial commit", {".gitattributes": StoredFile.regular(GITATTRIBUTES)},
+                        [".gitattributes"])
+        self.repos[(repo_type, repo_id)] = repo
+        return repo
+
+    def add_repo(self, repo_id: str, folder: Path, repo_type: str = "models", gated: bool = False) -> Repo:
+        """A repo holding `folder`'s files as one upload would leave them: test set-up for downloading clients."""
+        with self.lock:
+            repo = self.create(repo_type, repo_id)
+            repo.gated = gated
+            files = dict(repo.commit("main").files)
+            for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+                name, content = path.relative_to(folder).as_posix(), path.read_bytes()
+                if _goes_to_lfs(name, content[:512], len(content)):
+                    sha256 = hashlib.sha256(content).hexdigest()
+                    repo.lfs_objects[sha256] = content
+                    files[name] = StoredFile.lfs(sha256, len(content))
+                else:
+                    files[name] = StoredFile.regular(content)
+            repo.add_commit("main", "Upload folder", files, sorted(set(files) - {".gitattributes"}))
+        return repo
 
     def drop_lfs_puts(self, first: int, count: int | None = None) -> None:
         """Close the connection, without answering, on LFS PUT number `first` (counting from now) and the
@@ -186,7 +232,11 @@ class _Handler(BaseHTTPRequestHandler):
         split = urlsplit(self.path)
         self.query = {k: v[-1] for k, v in parse_qs(split.query).items()}
         self.authed = self.headers.get("Authorization") == f"Bearer {hub.token}"
+        with hub.lock:
+            hub.requests += 1
         try:
+            if hub.down:
+                raise HubError(503, "Service Unavailable")
             if self.headers.get("Authorization") and not self.authed:
                 raise HubError(401, "Invalid credentials in Authorization header")
             for route_method, pattern, handler in _ROUTES:
@@ -224,6 +274,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubError(404, "Repository not found", "RepoNotFound")
         return repo
 
+    def _refuse_gated(self, repo: Repo) -> None:
+        """The Hub's answer to a file of a gated repo: 401 without a login, 403 for a user not yet let in."""
+        kind = "model" if repo.repo_type == "models" else repo.repo_type.removesuffix("s")
+        if not self.authed:
+            raise HubError(401, f"Access to {kind} {repo.repo_id} is restricted. You must have access to it and be "
+                                "authenticated to access it. Please log in.", "GatedRepo")
+        raise HubError(403, f"Access to {kind} {repo.repo_id} is restricted and you are not in the authorized list. "
+                            f"Visit {self._repo_url(repo)} to ask for access.", "GatedRepo")
+
     def _commit(self, repo: Repo, rev: str) -> Commit:
         commit = repo.commit(rev)
         if commit is None:
@@ -247,10 +306,7 @@ class _Handler(BaseHTTPRequestHandler):
             if existing:
                 self._json({"error": "You already created this repo", "url": self._repo_url(existing)}, 409)
                 return
-            repo = Repo(repo_type, repo_id, private=request.get("visibility") == "private")
-            gitattributes = StoredFile(git_blob_sha1(GITATTRIBUTES), len(GITATTRIBUTES), content=GITATTRIBUTES)
-            repo.add_commit("main", "initial commit", {".gitattributes": gitattributes}, [".gitattributes"])
-            self.server.hub.repos[(repo_type, repo_id)] = repo
+            repo = self.server.hub.create(repo_type, repo_id, private=request.get("visibility") == "private")
         self._json({"url": self._repo_url(repo)})
 
     def create_branch(self, body: bytes, type: str, ns: str, name: str, branch: str) -> None:
@@ -270,7 +326,16 @@ class _Handler(BaseHTTPRequestHandler):
             repo = self._repo(type, ns, name)
             commit = self._commit(repo, rev)
         self._json({"id": repo.repo_id, "sha": commit.oid, "private": repo.private, "lastModified": commit.date,
+                    "gated": "manual" if repo.gated else False,
                     "siblings": [{"rfilename": path} for path in sorted(commit.files)]})
+
+    def auth_check(self, body: bytes, type: str, ns: str, name: str) -> None:
+        """Whether the caller may read the repo's files."""
+        with self.server.hub.lock:
+            repo = self._repo(type, ns, name)
+            if repo.gated:
+                self._refuse_gated(repo)
+        self._json({})
 
     def preupload(self, body: bytes, type: str, ns: str, name: str, rev: str) -> None:
         with self.server.hub.lock:
@@ -278,7 +343,7 @@ class _Handler(BaseHTTPRequestHandler):
         answers = []
         for request in json.loads(body)["files"]:
             sample, path = base64.b64decode(request["sample"]), request["path"]
-            lfs = path.endswith(LFS_SUFFIXES) or b"\0" in sample or request["size"] >= LFS_MIN_SIZE
+            lfs = _goes_to_lfs(path, sample, request["size"])
             remote = files.get(path)
             oid = remote and (remote.sha256 if lfs else remote.oid)
             answers.append({"path": path, "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
@@ -333,13 +398,11 @@ class _Handler(BaseHTTPRequestHandler):
                 value = line["value"]
                 if line["key"] == "file":
                     content = base64.b64decode(value["content"])
-                    files[value["path"]] = StoredFile(git_blob_sha1(content), len(content), content=content)
+                    files[value["path"]] = StoredFile.regular(content)
                 elif line["key"] == "lfsFile":
                     if value["oid"] not in repo.lfs_objects or len(repo.lfs_objects[value["oid"]]) != value["size"]:
                         raise HubError(400, f"LFS object {value['oid']} for {value['path']} was not uploaded")
-                    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{value['oid']}\n" \
-                              f"size {value['size']}\n".encode()
-                    files[value["path"]] = StoredFile(git_blob_sha1(pointer), value["size"], sha256=value["oid"])
+                    files[value["path"]] = StoredFile.lfs(value["oid"], value["size"])
                 else:
                     raise HubError(400, f"this test server does not support {line['key']} operations")
                 changed.append(value["path"])
@@ -375,6 +438,8 @@ class _Handler(BaseHTTPRequestHandler):
     def resolve(self, body: bytes, ns: str, name: str, rev: str, path: str, pfx: str = "models") -> None:
         with self.server.hub.lock:
             repo = self._repo(pfx, ns, name)
+            if repo.gated:
+                self._refuse_gated(repo)
             commit = self._commit(repo, rev)
             stored = commit.files.get(path)
             if stored is None:
@@ -403,6 +468,7 @@ _ROUTES = [(method, re.compile(pattern), handler) for method, pattern, handler i
     ("POST", r"/api/validate-yaml", _Handler.validate_yaml),
     ("POST", rf"/api/{_TYPE}/{_REPO}/branch/(?P<branch>[^/]+)", _Handler.create_branch),
     ("GET", rf"/api/{_TYPE}/{_REPO}(?:/revision/(?P<rev>[^/]+))?", _Handler.repo_info),
+    ("GET", rf"/api/{_TYPE}/{_REPO}/auth-check", _Handler.auth_check),
     ("POST", rf"/api/{_TYPE}/{_REPO}/preupload/(?P<rev>[^/]+)", _Handler.preupload),
     ("POST", rf"/api/{_TYPE}/{_REPO}/commit/(?P<rev>[^/]+)", _Handler.commit),
     ("GET", rf"/api/{_TYPE}/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", _Handler.tree),
