@@ -33,6 +33,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from builder.config import BuildConfig, ConfigError
 from map_fns import repair, rerank
 from map_fns.clip_score import parse_clip_spec
+from map_fns.images import one_line
 
 LOGIN = "HF_TOKEN or `hf auth login`"
 TRANSFORMERS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -60,11 +61,7 @@ def _refusal(err: HfHubHTTPError, repo_id: str, repo_type: str) -> str | None:
         return None
     if status == 401:
         return f"cannot be checked: the Hub refused the request (401): set a valid token ({LOGIN})"
-    return f"cannot be checked: the Hub answered {status} for {repo_id} ({_first_line(err.server_message or err)})"
-
-
-def _first_line(message: object) -> str:
-    return (str(message).strip().splitlines() or ["-"])[0]
+    return f"cannot be checked: the Hub answered {status} for {repo_id} ({one_line(err.server_message or err)})"
 
 
 def _unavailable(err: Exception) -> str:
@@ -73,7 +70,7 @@ def _unavailable(err: Exception) -> str:
         return "HF_HUB_OFFLINE is set"
     if isinstance(err, HfHubHTTPError):
         return f"the Hub cannot be reached (it answered {err.response.status_code})"
-    return f"the Hub cannot be reached ({type(err).__name__}: {_first_line(err)})"
+    return f"the Hub cannot be reached ({type(err).__name__}: {one_line(err)})"
 
 
 class Hub:
@@ -332,7 +329,7 @@ def check_hub_dataset(hub_id: str, split: str) -> None:
     try:
         builder = datasets.load_dataset_builder(hub_id)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"--source {hub_id!r} cannot be read as a dataset: {_first_line(err)}") from None
+        raise ConfigError(f"--source {hub_id!r} cannot be read as a dataset: {one_line(err)}") from None
     splits = [str(name) for name in builder.config.data_files or builder.info.splits or []]
     if splits and split not in splits:
         raise ConfigError(f"--source_split {split!r} is not a split of {hub_id} (splits: {', '.join(splits)})")

@@ -23,7 +23,7 @@ RUN_FILE = "run.json"
 # Settings that change how a run goes, never what it writes; everything else but the publish section (card,
 # gallery, push) must match to resume.
 OPERATIONAL = {"output_dir", "config", "overwrite", "prefetch_batches", "decode_threads", "fetch_concurrency",
-               "cache_dir"}
+               "recent_downloads_bytes", "cache_dir"}
 # What a run writes into its output folder; --overwrite removes these and nothing else.
 RUN_OUTPUTS = ("data", "progress", "stats", "README.md", "build_config.yaml")
 

@@ -26,7 +26,8 @@ from builder.progress import RankProgress
 from builder.resume import RankRecord, load_record, save_record, start_or_resume
 from builder.reuse import ResultReuse
 from builder.schema import OUTPUT_COLUMNS, output_features
-from builder.source import ResolvedSource, open_stream
+from builder.resolve import check_hub_dataset, check_models
+from builder.source import ResolvedSource, check_hub_columns, open_stream
 from builder.stats import RunStats, format_stats, merge_stats
 from builder.validate import check_viewer_ready
 from builder.writer import ChunkWriter, remove_leftovers
@@ -57,11 +58,13 @@ def join_processes() -> PartialState:
     return state
 
 
-def captioned(rows, cfg: BuildConfig, device, stats: RunStats):
+def captioned(rows, cfg: BuildConfig, device, stats: RunStats, read_local_files: bool):
     """`rows` through every stage. Fetching runs ahead in a background thread (bounded by
     `--prefetch_batches`) so downloads overlap the model stages; each stage loads its model once and adds
-    its seconds to `stats`. Rows whose key (URL, else image hash) an earlier row of this process had reuse
-    that row's results instead of running the models again."""
+    its seconds to `stats`. Rows whose key (image hash, else URL) an earlier row of this process had reuse
+    that row's results instead of running the models again. Image cells naming local files are read only
+    with `read_local_files` (a local source: a Hub dataset must not make us read and publish the machine's
+    files)."""
     from datasets import IterableDataset
 
     from map_fns.caption import make_caption_fn
@@ -71,7 +74,8 @@ def captioned(rows, cfg: BuildConfig, device, stats: RunStats):
     from map_fns.rerank import make_rerank_fn
 
     size = cfg.run.batch_size
-    fetched = rows.map(stats.timed("fetch", make_fetch_fn(cfg.fetch)), batched=True, batch_size=size)
+    fetch = make_fetch_fn(cfg.fetch, read_local_files=read_local_files)
+    fetched = rows.map(stats.timed("fetch", fetch), batched=True, batch_size=size)
     ahead = IterableDataset.from_generator(
         lambda: rows_of(prefetch(fetched.iter(batch_size=size), cfg.run.prefetch_batches))
     )
@@ -116,13 +120,18 @@ def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict
         if state.is_main_process:
             logger.warning(TINY_WARNING)
     with ExitStack() as held:  # the main process holds the output folder until the run ends
-        agree_on(state, lambda: claim_output(cfg, state.num_processes, held))
+        agree_on(state, lambda: claim_output(cfg, source, state.num_processes, held))
         return write_and_publish(cfg, source, state)
 
 
-def claim_output(cfg: BuildConfig, world_size: int, held: ExitStack) -> None:
-    """Main process, before anything is written: take the output folder for this run alone (the lock stays in
-    `held`), then start the run in it or find the earlier attempt to resume."""
+def claim_output(cfg: BuildConfig, source: ResolvedSource, world_size: int, held: ExitStack) -> None:
+    """Main process, before anything is written: the models and a Hub source resolve (metadata only, one process
+    asking the Hub), then the output folder is taken for this run alone (the lock stays in `held`), and the run
+    starts in it or finds the earlier attempt to resume."""
+    check_models(cfg)
+    if source.hub_id:
+        check_hub_dataset(source.hub_id, cfg.source.source_split)
+        check_hub_columns(source, cfg.source)
     output_dir = Path(cfg.run.output_dir)
     held.enter_context(output_lock(output_dir))
     start_or_resume(output_dir, cfg, world_size, cfg.run.overwrite)
@@ -173,7 +182,7 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
         parts = [carried, retried]
     parts = skip_rows(parts, record.rows)
     stats = RunStats(record.stats)
-    outputs = parts[:-1] + [captioned(parts[-1], cfg, state.device, stats)]
+    outputs = parts[:-1] + [captioned(parts[-1], cfg, state.device, stats, read_local_files=source.hub_id is None)]
 
     started, earlier_seconds = time.monotonic(), stats.active_seconds
     pushed: set[str] = set()  # files this run's --push_every pushes have sent

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from builder.config import ConfigError, SourceConfig
 from builder.schema import OUTPUT_COLUMNS
-from map_fns.fetch import embedded_bytes
+from map_fns.fetch import image_source
+from map_fns.images import one_line
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ def _footer(path: str, flag: str) -> pq.FileMetaData | None:
             return None
         return pq.ParquetFile(path).metadata
     except (OSError, pa.ArrowInvalid) as err:
-        raise ConfigError(f"{flag} file {path!r} is not readable parquet: {_one_line(err)}") from None
+        raise ConfigError(f"{flag} file {path!r} is not readable parquet: {one_line(err)}") from None
 
 
 def _check_columns(schema: pa.Schema, path: str, flag: str) -> None:
@@ -154,11 +155,6 @@ def _schema_difference(expected: pa.Schema, got: pa.Schema) -> str:
         if have != want:
             return f"column {name!r}: {have or 'missing'} instead of {want or 'absent'}"
     return "column order differs"
-
-
-def _one_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def is_image_type(arrow_type: pa.DataType) -> bool:
@@ -208,8 +204,8 @@ def map_columns(schema: pa.Schema, cfg: SourceConfig, source_name: str) -> Colum
 def row_key(url: str | None, image) -> str:
     """A row's identity, which seeds its samples and lets a repeated row reuse results: a hash of its image
     bytes when it carries them (one URL may stand for many embedded images), else where its image comes from."""
-    data = embedded_bytes(image)
-    return hashlib.sha256(data).hexdigest() if data else (url or "")
+    data, address = image_source(url, image)
+    return hashlib.sha256(data).hexdigest() if data else (address or "")
 
 
 def _with_null_string_column(stream, name: str):
@@ -282,12 +278,7 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_si
     """
     import datasets
 
-    if resolved.hub_id:
-        stream = datasets.load_dataset(resolved.hub_id, split=cfg.source_split, streaming=True)
-    else:
-        stream = datasets.load_dataset("parquet", data_files=resolved.parquet_files, split="train", streaming=True)
-    if stream.features is None:
-        stream = stream._resolve_features()
+    stream = _load(resolved, cfg)
     declared = stream.features
     stream = stream.decode(False)  # first: renames and maps would decode every image cell
     stream = stream.with_format("arrow").map(valid_utf8, batched=True, features=stream.features).with_format(None)
@@ -308,6 +299,23 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_si
         ]},
         batched=True,
     )
+
+
+def _load(resolved: ResolvedSource, cfg: SourceConfig):
+    """The whole source as a `datasets` stream with its features known (read from the first rows if need be)."""
+    import datasets
+
+    if resolved.hub_id:
+        stream = datasets.load_dataset(resolved.hub_id, split=cfg.source_split, streaming=True)
+    else:
+        stream = datasets.load_dataset("parquet", data_files=resolved.parquet_files, split="train", streaming=True)
+    return stream if stream.features is not None else stream._resolve_features()
+
+
+def check_hub_columns(resolved: ResolvedSource, cfg: SourceConfig) -> None:
+    """A Hub source's columns, checked as a local source's footer is, before any output is written (the main
+    process asks; streaming it to learn them reads no more than its first rows)."""
+    map_columns(_load(resolved, cfg).features.arrow_schema, cfg, resolved.name)
 
 
 def this_process_share(stream, max_samples: int | None, rank: int, world_size: int):

@@ -14,7 +14,7 @@ import jinja2
 
 from builder.durable import write_text_durably
 from dataset_card.examples import sample_examples
-from dataset_card.metadata import DEFAULT_PRETTY_NAME
+from dataset_card.metadata import DEFAULT_PRETTY_NAME, source_hub_id
 from dataset_card.output_files import data_files, read_schema
 from dataset_card.shown_text import shorten
 from dataset_card.thumbnails import thumbnails
@@ -28,7 +28,8 @@ def render_gallery(output_dir: Path, config: dict) -> str:
     embedded = "image" in read_schema(output_dir).names
     examples = sample_examples(output_dir, count, ("image",) if embedded else ())
     images = [example.row["image"] for example in examples] if embedded else None
-    shown = thumbnails([example.url for example in examples], images, config["fetch"])
+    shown = thumbnails([example.url for example in examples], images, config["fetch"],
+                       read_local_files=source_hub_id(config) is None)  # image cells read as the run read them
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["shown"] = shorten

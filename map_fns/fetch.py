@@ -96,11 +96,6 @@ def image_source(url: str | None, image) -> tuple[bytes | None, str | None]:
     return (data, None) if data else (None, path or url)
 
 
-def embedded_bytes(image) -> bytes | None:
-    """The bytes of a source `image` cell, if any (builder.source's row key; to go once it uses `image_source`)."""
-    return image_source(None, image)[0]
-
-
 def _cell(image) -> tuple[bytes | None, str | None]:
     """An image cell's (bytes, path), each None when missing or empty; `ValueError` if it is not a cell."""
     data, path = (image.get("bytes"), image.get("path")) if isinstance(image, dict) else (image, None)
