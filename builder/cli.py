@@ -44,5 +44,8 @@ def agree_on(state, check: Callable[[], None]) -> None:
             verdict = [str(err)]
     if state.num_processes > 1:
         broadcast_object_list(verdict, from_process=0)
+        if verdict[0] is not None:  # the run ends here: every process has the verdict before any leaves the
+            state.wait_for_everyone()  # group (gloo aborts a process whose peer vanished mid-collective)
+            state.destroy_process_group()
     if verdict[0] is not None:
         raise ConfigError(verdict[0])

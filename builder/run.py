@@ -117,10 +117,10 @@ def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict
 
         with state.main_process_first():
             build_tiny_models(cfg.run.cache_dir)
-        if state.is_main_process:
-            logger.warning(TINY_WARNING)
     with ExitStack() as held:  # the main process holds the output folder until the run ends
         agree_on(state, lambda: claim_output(cfg, source, state.num_processes, held))
+        if cfg.run.preset == "tiny" and state.is_main_process:
+            logger.warning(TINY_WARNING)
         return write_and_publish(cfg, source, state)
 
 
