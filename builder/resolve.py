@@ -4,8 +4,9 @@ A model that cannot be loaded (a typo, a gated or private repo, no network) woul
 folder exists, after huggingface_hub's 20-30 s of download retries, with a traceback. So every model flag is looked
 up first, from metadata only: a local folder's files; else on the Hub one HEAD request per file (no retries) and
 the small config file; else, when the Hub does not answer, the local cache the loaders would fall back to. Each
-problem is one line naming the flag, the id and what to do. torch and the model libraries load only for what needs them (open_clip's table
-of pretrained tags, transformers' list of seq2seq model types), after every model's files were found.
+problem is one line naming the flag, the id and what to do. torch and the model libraries load only for what
+needs them (open_clip's table of pretrained tags, transformers' list of seq2seq model types), after every model's
+files were found.
 """
 
 from __future__ import annotations

@@ -159,10 +159,11 @@ def _schema_difference(expected: pa.Schema, got: pa.Schema) -> str:
 
 def is_image_type(arrow_type: pa.DataType) -> bool:
     """Whether a column can hold image bytes: binary, or a struct with binary `bytes` (`datasets.Image`)."""
-    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
-        return True
-    return (pa.types.is_struct(arrow_type) and arrow_type.get_field_index("bytes") >= 0
-            and is_image_type(arrow_type.field("bytes").type) and not pa.types.is_struct(arrow_type.field("bytes").type))
+    def binary(candidate: pa.DataType) -> bool:
+        return pa.types.is_binary(candidate) or pa.types.is_large_binary(candidate)
+
+    return binary(arrow_type) or (pa.types.is_struct(arrow_type) and arrow_type.get_field_index("bytes") >= 0
+                                  and binary(arrow_type.field("bytes").type))
 
 
 def map_columns(schema: pa.Schema, cfg: SourceConfig, source_name: str) -> ColumnMap:
@@ -173,7 +174,8 @@ def map_columns(schema: pa.Schema, cfg: SourceConfig, source_name: str) -> Colum
     def pick(flag: str, named: str | None, usual: tuple[str, ...]) -> str | None:
         if named is not None:
             if named not in columns:
-                raise ConfigError(f"--{flag} {named!r} is not a column of {source_name} (columns: {', '.join(columns)})")
+                raise ConfigError(f"--{flag} {named!r} is not a column of {source_name} "
+                                  f"(columns: {', '.join(columns)})")
             return named
         return next((name for name in usual if name in columns), None)
 
@@ -250,7 +252,8 @@ def valid_utf8(table: pa.Table) -> pa.Table:
             raw = column.cast(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()).to_pylist()
             repaired = [None if value is None else value.decode("utf-8", "replace") for value in raw]
             bad = sum(value is not None and not _is_utf8(value) for value in raw)
-            logger.warning("column %r: %d cell(s) of invalid UTF-8 kept with their bad bytes as U+FFFD", field.name, bad)
+            logger.warning("column %r: %d cell(s) of invalid UTF-8 kept with their bad bytes as U+FFFD", field.name,
+                           bad)
             table = table.set_column(index, field, pa.array(repaired, field.type))
     return table
 
