@@ -250,20 +250,17 @@ def valid_utf8(table: pa.Table) -> pa.Table:
             column.validate(full=True)
         except pa.ArrowInvalid:
             raw = column.cast(pa.large_binary() if pa.types.is_large_string(field.type) else pa.binary()).to_pylist()
-            repaired = [None if value is None else value.decode("utf-8", "replace") for value in raw]
-            bad = sum(value is not None and not _is_utf8(value) for value in raw)
+            texts, bad = [], 0
+            for value in raw:
+                try:
+                    texts.append(None if value is None else value.decode("utf-8"))
+                except UnicodeDecodeError:
+                    texts.append(value.decode("utf-8", "replace"))
+                    bad += 1
             logger.warning("column %r: %d cell(s) of invalid UTF-8 kept with their bad bytes as U+FFFD", field.name,
                            bad)
-            table = table.set_column(index, field, pa.array(repaired, field.type))
+            table = table.set_column(index, field, pa.array(texts, field.type))
     return table
-
-
-def _is_utf8(value: bytes) -> bool:
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_size: int):
