@@ -101,7 +101,7 @@ class ReferenceLoop:
         inputs = self.repair_tokenizer([cfg.repair_prefix + caption], return_tensors="pt").to(self.device)
         out = self.repairer.generate(**inputs, num_beams=cfg.repair_num_beams, max_new_tokens=cfg.repair_max_new_tokens,
                                      do_sample=False)
-        return self.repair_tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        return self.repair_tokenizer.decode(out[0], skip_special_tokens=True).strip() or caption
 
 
 def _similarities_one_by_one(scorer: ClipScorer, image, captions: list[str]) -> list[float]:

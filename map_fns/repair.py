@@ -104,7 +104,7 @@ def make_repair_fn(cfg: RepairConfig, device: str | torch.device, *, precision: 
             with torch.inference_mode():
                 repaired = in_length_order(texts, lengths, lambda ordered: batcher.map(ordered, generate))
             for i, text in zip(rows, repaired):
-                top[i] = text
+                top[i] = text or batch["top_caption_raw"][i]  # a repair that erases the caption is no repair
         return {"top_caption": top}
 
     return repair

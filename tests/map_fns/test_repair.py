@@ -62,6 +62,17 @@ def test_batched_repair_equals_one_row_at_a_time_generate(tiny_models):
     assert len(set(expected)) == len(expected) and all(expected), "tiny T5 outputs must tell rows apart"
 
 
+def test_a_repair_that_comes_back_empty_keeps_the_chosen_caption(tiny_models, tmp_path):
+    """A repairer whose every logit is 0 emits only padding, which decodes to ''; the caption must survive."""
+    mute = tmp_path / "mute-t5"
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.repairer)
+    torch.nn.init.zeros_(model.get_output_embeddings().weight)
+    model.save_pretrained(mute)
+    AutoTokenizer.from_pretrained(tiny_models.repairer).save_pretrained(mute)
+    out = make_repair_fn(RepairConfig(repairer=str(mute), repair_max_new_tokens=4), "cpu")(_batch())
+    assert out["top_caption"] == [CAPTIONS[0], None, CAPTIONS[1], CAPTIONS[2]]
+
+
 def _recording_repairer(monkeypatch) -> tuple[list, list[list[int]]]:
     """The models `make_repair_fn` loads, and the unpadded input lengths of every `generate` call."""
     models, calls = [], []
