@@ -6,7 +6,7 @@
 The four models are the real architectures with random weights (`bench/real_size_models.py`, built once
 into the cache dir: no download, same FLOPs), fed synthetic images the size the fetch stage delivers.
 The product's own stage functions run on map batches exactly as `builder/` chains them; then, in the same
-process after the fast models are freed, `map_fns.reference_loop.ReferenceLoop` (LAION's one-image-at-a-time
+process after the fast models are freed, `bench.reference_loop.ReferenceLoop` (LAION's one-image-at-a-time
 loop, fp32) captions a few images. Prints images/s, ms/image, FLOPs, achieved TFLOP/s and share of the
 device's peak, and peak memory per stage, end to end and for the reference, and the ratio. See bench/README.md.
 """
@@ -235,7 +235,7 @@ def time_reference(cfgs: dict, images: list, keys: list[str], device: str) -> di
     """The reference loop (its own fp32 models), one image at a time; warmed up with one image on GPUs."""
     from tqdm import tqdm
 
-    from map_fns.reference_loop import ReferenceLoop
+    from bench.reference_loop import ReferenceLoop
 
     sync = make_sync(device)
     peak_mib(device, reset=True)

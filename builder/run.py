@@ -53,7 +53,7 @@ def join_processes() -> PartialState:
     # it is alone and read every row.
     state = PartialState(cpu=not torch.cuda.is_available())
     logging.basicConfig(format=f"%(asctime)s rank{state.process_index} %(name)s: %(message)s")
-    for package in ("builder", "map_fns"):
+    for package in ("builder", "map_fns", "tools"):
         logging.getLogger(package).setLevel(logging.INFO)
     return state
 

@@ -1,6 +1,6 @@
 """Speed never changes results: the batched half-precision-ready stages against LAION's plain loop.
 
-The reference loop (`map_fns.reference_loop`) runs one image at a time through transformers' own decoder
+The reference loop (`bench.reference_loop`) runs one image at a time through transformers' own decoder
 and scores every caption alone at 77 tokens; the fast stages batch images, share cross-attention states,
 trim CLIP text and size batches to memory. On CPU in fp32 with the tiny models both must give the same
 candidates, shortlist and chosen caption for the same seed.
@@ -17,7 +17,7 @@ from map_fns.blip_decode import bytes_per_image, load_captioner, prompt_token_id
 from map_fns.caption import CaptionConfig, make_caption_fn
 from map_fns.candidate_decoder import CandidateDecoder
 from map_fns.rank import RankConfig, make_rank_fn
-from map_fns.reference_loop import ReferenceLoop
+from bench.reference_loop import ReferenceLoop
 from map_fns.repair import RepairConfig, make_repair_fn
 from map_fns.rerank import RerankConfig, make_rerank_fn
 from map_fns.sampling import row_uniforms

@@ -20,10 +20,10 @@ import jinja2
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from builder.human_eval.errors import HumanEvalError
-from builder.human_eval.raters import invite_newcomers, rating_link, token_hash
-from builder.human_eval.same_origin import refuse_cross_origin
-from builder.human_eval.store import KINDS, Rater, RatingStore
+from tools.human_eval.errors import HumanEvalError
+from tools.human_eval.raters import invite_newcomers, rating_link, token_hash
+from tools.human_eval.same_origin import refuse_cross_origin
+from tools.human_eval.store import KINDS, Rater, RatingStore
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ async def serve(store: RatingStore, host: str, port: int, raters: list[str]) -> 
         for name, token in invite_newcomers(store, raters).items():
             print(f"rating link for {name}: {rating_link(f'http://{netloc}', token)}", flush=True)
         if not store.rater_names():
-            log.warning("no rater has a link yet: `python -m builder.human_eval invite --db %s NAME` gives one",
+            log.warning("no rater has a link yet: `python -m tools.human_eval invite --db %s NAME` gives one",
                         store.path)
         print(f"serving on http://{netloc}", flush=True)
         stop = asyncio.Event()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from builder.tune.grid import RECIPE_SECTIONS, Point
-from builder.tune.scoring import ROUGE_TYPES, PointScore
+from tools.tune.grid import RECIPE_SECTIONS, Point
+from tools.tune.scoring import ROUGE_TYPES, PointScore
 
 METRICS = ROUGE_TYPES
 SHOWN = (*ROUGE_TYPES, "mean_words", "mean_first_similarity", "scored_rows")

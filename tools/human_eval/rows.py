@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from builder.human_eval.errors import HumanEvalError
+from tools.human_eval.errors import HumanEvalError
 from dataset_card.output_files import OutputChunk, read_chosen_rows
 from map_fns.status import OK
 

@@ -1,6 +1,6 @@
 """Tune the recipe to a reference style.
 
-    [accelerate launch [--config_file ...] -m] python -m builder.tune --references REF --grid grid.yaml \\
+    [accelerate launch [--config_file ...] -m] python -m tools.tune --references REF --grid grid.yaml \\
         --output_dir DIR [--images SOURCE] [any build.py flag]
 
 Every build.py flag sets the recipe the grid varies from (`--preset tiny`, `--max_samples`, `--config`...).
@@ -19,13 +19,13 @@ import pyarrow.parquet as pq
 from builder.cli import failed
 from builder.config import ConfigError
 from builder.interrupt import RunInterrupted
-from builder.references import load_references
+from tools.references import load_references
 from builder.source import check_source
-from builder.tune.grid import grid_points, read_grid
-from builder.tune.results import (METRICS, NothingScored, best_index, format_table, plot_results, results_table,
+from tools.tune.grid import grid_points, read_grid
+from tools.tune.results import (METRICS, NothingScored, best_index, format_table, plot_results, results_table,
                                   write_best_config)
-from builder.tune.scoring import PointScore
-from builder.tune.search import PlannedPoint, plan_points, search
+from tools.tune.scoring import PointScore
+from tools.tune.search import PlannedPoint, plan_points, search
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Tune's own flags, and the rest for build.py's parser."""
-    parser = _Parser(prog="python -m builder.tune", description=__doc__,
+    parser = _Parser(prog="python -m tools.tune", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--references", required=True,
                         help="human captions of the images: Hub dataset id or local parquet/jsonl/csv file or folder")

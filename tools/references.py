@@ -1,4 +1,4 @@
-"""Human reference captions for images, keyed by the image's URL: what `builder.tune` scores against.
+"""Human reference captions for images, keyed by the image's URL: what `tools.tune` scores against.
 
 Any table `datasets` reads will do (a Hub dataset, or local parquet / JSON lines / CSV files): one row per
 caption (several rows may share a key) or one row per image with a list of captions, as COCO's caption

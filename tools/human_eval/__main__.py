@@ -1,4 +1,4 @@
-"""`python -m builder.human_eval serve|invite|report`: rate captions blind in a browser, each rater through a
+"""`python -m tools.human_eval serve|invite|report`: rate captions blind in a browser, each rater through a
 link of their own, then tabulate the answers.
 
 Raters are invited by `serve --raters` (links printed with the address the server bound) and by `invite`,
@@ -17,7 +17,7 @@ import urllib.parse
 from dataclasses import asdict
 from pathlib import Path
 
-from builder.human_eval.errors import HumanEvalError
+from tools.human_eval.errors import HumanEvalError
 from map_fns.fetch import FetchConfig
 from map_fns.net_policy import parse_networks
 
@@ -34,7 +34,7 @@ def positive_int(text: str) -> int:
 
 
 def one_rater_name(text: str) -> str:
-    from builder.human_eval.raters import rater_name
+    from tools.human_eval.raters import rater_name
 
     try:
         return rater_name(text)
@@ -55,7 +55,7 @@ def base_url(text: str) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m builder.human_eval",
+    parser = argparse.ArgumentParser(prog="python -m tools.human_eval",
                                      description="Rate captions blind in a browser (serve), each rater through a "
                                                  "link of their own (invite), then tabulate (report).")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     serve.add_argument("--db", required=True, type=Path, help="SQLite file of items and answers (made if missing)")
     serve.add_argument("--human_column", default="TEXT", help="the human-written caption column")
     serve.add_argument("--references", default="",
-                       help="human captions by image URL instead (as builder.tune's --references: Hub dataset id or "
+                       help="human captions by image URL instead (as tools.tune's --references: Hub dataset id or "
                             "local parquet/jsonl/csv; columns URL/url/coco_url/image_url and "
                             "captions/caption/sentences/TEXT/text)")
     serve.add_argument("--items", type=positive_int, default=100, help="rows to rate; two captions each")
@@ -91,9 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def serve_command(args: argparse.Namespace) -> None:
     # Each command imports only what it uses: the report needs neither aiohttp nor datasets.
-    from builder.human_eval.app import serve
-    from builder.human_eval.items import EvalSettings, prepare_items
-    from builder.human_eval.store import RatingStore
+    from tools.human_eval.app import serve
+    from tools.human_eval.items import EvalSettings, prepare_items
+    from tools.human_eval.store import RatingStore
 
     store = RatingStore(args.db)
     try:
@@ -105,8 +105,8 @@ def serve_command(args: argparse.Namespace) -> None:
 
 
 def invite_command(args: argparse.Namespace) -> None:
-    from builder.human_eval.raters import invite, rating_link
-    from builder.human_eval.store import open_existing
+    from tools.human_eval.raters import invite, rating_link
+    from tools.human_eval.store import open_existing
 
     store = open_existing(args.db)
     try:
@@ -117,7 +117,7 @@ def invite_command(args: argparse.Namespace) -> None:
 
 
 def report_command(args: argparse.Namespace) -> None:
-    from builder.human_eval.report import format_report, plot_ratings, read_answers
+    from tools.human_eval.report import format_report, plot_ratings, read_answers
 
     answers, unlinked = read_answers(args.db)
     print(format_report(answers, unlinked))

@@ -16,10 +16,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from builder.config import ConfigError
-from builder.human_eval.errors import HumanEvalError
-from builder.human_eval.rows import HumanCaptions, pick_rated_rows
-from builder.human_eval.store import HUMAN, MACHINE, Item, RatingStore
-from builder.references import load_references
+from tools.human_eval.errors import HumanEvalError
+from tools.human_eval.rows import HumanCaptions, pick_rated_rows
+from tools.human_eval.store import HUMAN, MACHINE, Item, RatingStore
+from tools.references import load_references
 from dataset_card.output_files import output_chunks
 from dataset_card.thumbnails import thumbnails
 from map_fns.images import one_line
@@ -37,7 +37,7 @@ class EvalSettings:
     human_column: str
     seed: int
     items: int  # rows asked for; each gives two items
-    references: str = ""  # human captions by URL (see builder.references) instead of `human_column`; "" for none
+    references: str = ""  # human captions by URL (see tools.references) instead of `human_column`; "" for none
 
     def as_meta(self) -> dict[str, str]:
         """As stored: local paths made absolute, the same from any working directory."""

@@ -13,8 +13,8 @@ import logging
 import secrets
 import urllib.parse
 
-from builder.human_eval.errors import HumanEvalError
-from builder.human_eval.store import RatingStore
+from tools.human_eval.errors import HumanEvalError
+from tools.human_eval.store import RatingStore
 
 log = logging.getLogger(__name__)
 

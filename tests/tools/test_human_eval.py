@@ -1,4 +1,4 @@
-"""`python -m builder.human_eval`: the real server in a subprocess on loopback, rated over HTTP through raters'
+"""`python -m tools.human_eval`: the real server in a subprocess on loopback, rated over HTTP through raters'
 links, killed with SIGKILL and restarted on the same database; forged and cross-origin answers refused; items
 chosen from a real output-like folder; the report's numbers against ones computed by hand."""
 
@@ -27,11 +27,11 @@ import markupsafe
 import pytest
 from PIL import Image
 
-from builder.human_eval.__main__ import main
-from builder.human_eval.items import DISPLAY_SIDE, EvalSettings, choose_items, prepare_items
-from builder.human_eval.raters import invite, token_hash
-from builder.human_eval.rows import pick_rows
-from builder.human_eval.store import HUMAN, MACHINE, Item, RatingStore
+from tools.human_eval.__main__ import main
+from tools.human_eval.items import DISPLAY_SIDE, EvalSettings, choose_items, prepare_items
+from tools.human_eval.raters import invite, token_hash
+from tools.human_eval.rows import pick_rows
+from tools.human_eval.store import HUMAN, MACHINE, Item, RatingStore
 from map_fns.fetch import FetchConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -168,9 +168,9 @@ def _wait_for_url(proc: subprocess.Popen, log: Path, seconds: float = 45) -> tup
 
 @contextmanager
 def serving(env: dict, log: Path, *flags: str) -> Iterator[Server]:
-    """`python -m builder.human_eval serve *flags --port 0`, killed at the end whatever happens."""
+    """`python -m tools.human_eval serve *flags --port 0`, killed at the end whatever happens."""
     with open(log, "a") as stderr:
-        proc = subprocess.Popen([sys.executable, "-m", "builder.human_eval", "serve", *flags, "--port", "0"],
+        proc = subprocess.Popen([sys.executable, "-m", "tools.human_eval", "serve", *flags, "--port", "0"],
                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr)
     try:
         base, links = _wait_for_url(proc, log)
@@ -489,7 +489,7 @@ def test_an_output_pushed_to_the_hub_gives_the_same_items_as_the_folder(output, 
     assert sorted(map(tuple, _db_items(db).values())) == sorted((i.row_index, i.kind, i.caption, i.thumbnail)
                                                               for i in local)
 
-    missing = subprocess.run([sys.executable, "-m", "builder.human_eval", "serve", "--dataset", "user/missing",
+    missing = subprocess.run([sys.executable, "-m", "tools.human_eval", "serve", "--dataset", "user/missing",
                               "--db", str(tmp_path / "missing.sqlite")],
                              cwd=REPO, env=hub_server.env(), capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from builder.human_eval.errors import HumanEvalError
+from tools.human_eval.errors import HumanEvalError
 
 HUMAN, MACHINE = "human", "machine"
 KINDS = (HUMAN, MACHINE)

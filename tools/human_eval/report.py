@@ -16,8 +16,8 @@ matplotlib.use("Agg")  # files only: never look for a display
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from builder.human_eval.errors import HumanEvalError  # noqa: E402
-from builder.human_eval.store import HUMAN, MACHINE, Answer, open_existing  # noqa: E402
+from tools.human_eval.errors import HumanEvalError  # noqa: E402
+from tools.human_eval.store import HUMAN, MACHINE, Answer, open_existing  # noqa: E402
 
 RATINGS = range(6)
 LOWEST_KEPT = 2  # the second half of the table leaves out ratings 0-1, as the blog did

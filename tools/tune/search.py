@@ -17,8 +17,8 @@ from pathlib import Path
 from builder.config import BuildConfig, ConfigError, parse_config
 from builder.durable import write_json_durably
 from builder.resume import run_settings
-from builder.tune.grid import Point
-from builder.tune.scoring import PointScore, score_output
+from tools.tune.grid import Point
+from tools.tune.scoring import PointScore, score_output
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m builder.tune` on the bundled sample with tiny models: the table, the scores, resume, bad input."""
+"""`python -m tools.tune` on the bundled sample with tiny models: the table, the scores, resume, bad input."""
 
 import json
 import os
@@ -14,11 +14,11 @@ from PIL import Image
 from rouge_score.rouge_scorer import RougeScorer
 
 from builder.config import ConfigError, parse_config
-from builder.references import load_references
+from tools.references import load_references
 from builder.source import bundled_sample
 from builder.tiny_models import caption_corpus
-from builder.tune.__main__ import main as tune_main
-from builder.tune.grid import grid_points, read_grid
+from tools.tune.__main__ import main as tune_main
+from tools.tune.grid import grid_points, read_grid
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -31,7 +31,7 @@ def _tune(tmp_path: Path, tiny_models, grid: dict, references: Path, *extra: str
     grid_file = tmp_path / f"grid-{len(grid_points(grid))}.yaml"
     grid_file.write_text(yaml.safe_dump(grid))
     return subprocess.run(
-        [sys.executable, "-m", "builder.tune", "--preset", "tiny", "--cache_dir",
+        [sys.executable, "-m", "tools.tune", "--preset", "tiny", "--cache_dir",
          str(Path(tiny_models.captioner).parents[1]), "--references", str(references), "--grid", str(grid_file),
          "--output_dir", str(tmp_path / "tune"), *FAST, *extra],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)

@@ -1,0 +1,1 @@
+"""Applications over finished outputs: recipe tuning (`tools.tune`) and blind human rating (`tools.human_eval`)."""
