@@ -20,6 +20,7 @@ from builder.durable import write_text_durably
 
 from map_fns.caption import CaptionConfig
 from map_fns.fetch import FetchConfig
+from map_fns.flags import ConfigError
 from map_fns.precision import PRECISIONS, check_precision
 from map_fns.rank import RankConfig
 from map_fns.repair import RepairConfig
@@ -27,10 +28,6 @@ from map_fns.rerank import RerankConfig
 
 PRESETS = ("laion-coco", "tiny")
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "laion-coco-builder")
-
-
-class ConfigError(ValueError):
-    """A bad flag, key or value; its message is the one line the user sees."""
 
 
 @dataclass
