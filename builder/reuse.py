@@ -11,6 +11,7 @@ import copy
 from collections import OrderedDict
 from collections.abc import Callable
 
+from map_fns.stage import ROW_KEY
 from map_fns.status import OK
 
 
@@ -43,7 +44,7 @@ class ResultReuse:
             to_run: list[int] = []  # input rows given to `stages`
             first: dict[str, int] = {}  # key -> its position in `to_run`, for keys computed in this batch
             plan: list[tuple[int | dict, bool]] = []  # per row: (position in `to_run` or remembered result, reused)
-            for i, (key, status) in enumerate(zip(batch["_row_key"], batch["status"])):
+            for i, (key, status) in enumerate(zip(batch[ROW_KEY], batch["status"])):
                 if status == OK and key in first:
                     plan.append((first[key], True))
                 elif status == OK and key in self._results:

@@ -1,7 +1,8 @@
 """One build: this process's share of the source, through every stage, into parquet chunks.
 
-The stages are chained with `IterableDataset.map(batched=True)`, so nothing is materialised: rows flow from
-the stream through fetch, caption, rank, rerank and repair into the writer one batch at a time.
+The registered stages (`map_fns.registry.STAGES`) are chained as one `IterableDataset.map(batched=True)` each, so
+nothing is materialised: rows flow from the stream through fetch, caption, rank, rerank and repair into the
+writer one batch at a time.
 With --retry_failed the source is an earlier output: its fetch_error rows go through the stages again and
 every other row is carried over as it was.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from builder.config import BuildConfig, save_config
 from builder.hub import push_output
 from builder.interrupt import RunInterrupted, stop_on_signals
 from builder.output_lock import output_lock
-from builder.prefetch import prefetch, rows_of
+from builder.prefetch import map_ahead
 from builder.progress import RankProgress
 from builder.resume import RankRecord, load_record, save_record, start_or_resume
 from builder.reuse import ResultReuse
@@ -33,6 +33,8 @@ from builder.validate import check_viewer_ready
 from builder.writer import ChunkWriter, remove_leftovers
 from dataset_card.card import write_card
 from dataset_card.gallery import write_gallery
+from map_fns.registry import STAGES, check_chain
+from map_fns.stage import ROW_KEY, MapFn, Stage, StageContext
 from map_fns.status import FETCH_ERROR
 
 logger = logging.getLogger(__name__)
@@ -58,44 +60,42 @@ def join_processes() -> PartialState:
     return state
 
 
-def captioned(rows, cfg: BuildConfig, device, stats: RunStats, read_local_files: bool):
-    """`rows` through every stage. Fetching runs ahead in a background thread (bounded by
-    `--prefetch_batches`) so downloads overlap the model stages; each stage loads its model once and adds
-    its seconds to `stats`. Rows whose key (image hash, else URL) an earlier row of this process had reuse
-    that row's results instead of running the models again. Image cells naming local files are read only
+def captioned(rows, source_columns, cfg: BuildConfig, device, stats: RunStats, read_local_files: bool):
+    """`rows` through every registered stage, one batched `datasets` map each.
+
+    The fetch stage runs ahead in a background thread (`--prefetch_batches`) so downloads overlap the model
+    stages; each stage loads its model once and adds its seconds to `stats`; each stage's output columns are
+    checked against its declaration. Rows whose key (image hash, else URL) an earlier row of this process had
+    reuse that row's results instead of running the models again. Image cells naming local files are read only
     with `read_local_files` (a local source: a Hub dataset must not make us read and publish the machine's
-    files)."""
-    from datasets import IterableDataset
-
-    from map_fns.caption import make_caption_fn
-    from map_fns.fetch import make_fetch_fn
-    from map_fns.rank import make_rank_fn
-    from map_fns.repair import make_repair_fn
-    from map_fns.rerank import make_rerank_fn
-
+    files).
+    """
+    check_chain(STAGES, set(source_columns) | {ROW_KEY})
     size = cfg.run.batch_size
-    fetch = make_fetch_fn(cfg.fetch, read_local_files=read_local_files)
-    fetched = rows.map(stats.timed("fetch", fetch), batched=True, batch_size=size)
-    ahead = IterableDataset.from_generator(
-        lambda: rows_of(prefetch(fetched.iter(batch_size=size), cfg.run.prefetch_batches))
-    )
-    engine = {"precision": cfg.run.precision, "model_batch_size": cfg.run.model_batch_size}
-    stages = {"caption": make_caption_fn(cfg.caption, device, **engine), "rank": make_rank_fn(cfg.rank, device, **engine),
-              "rerank": make_rerank_fn(cfg.rerank, device, **engine), "repair": make_repair_fn(cfg.repair, device, **engine)}
-    models = chained([stats.timed(name, stage) for name, stage in stages.items()])
-    return ahead.map(ResultReuse(on_reused=stats.add_reused).wrap(models), batched=True, batch_size=size)
+    context = StageContext(device, cfg.run.precision, cfg.run.model_batch_size, read_local_files)
+    counts_reuse = True  # the first reusing stage counts the rows it copies; later ones copy the same rows
+    for stage in STAGES:
+        fn = stats.timed(stage.name, as_declared(stage, stage.load(getattr(cfg, stage.name), context)))
+        if stage.reuse:
+            fn = ResultReuse(on_reused=stats.add_reused if counts_reuse else lambda count: None).wrap(fn)
+            counts_reuse = False
+        rows = map_ahead(rows, fn, cfg.run.prefetch_batches, size) if stage.run_ahead else \
+            rows.map(fn, batched=True, batch_size=size)
+    return rows
 
 
-def chained(stages: list[Callable[[dict], dict]]) -> Callable[[dict], dict]:
-    """One batched map fn running `stages` in order, each seeing the columns the earlier ones added; returns
-    all the columns they add or change (one map, so rows repeating an earlier row's key skip all of them)."""
-    def run_all(batch: dict[str, list]) -> dict[str, list]:
-        added: dict[str, list] = {}
-        for stage in stages:
-            added.update(stage({**batch, **added}))
-        return added
+def as_declared(stage: Stage, fn: MapFn) -> MapFn:
+    """`fn`, raising when a call returns other columns than `stage` declares it writes (an undeclared column
+    would reach the output, or a later stage, unchecked)."""
+    declared = set(stage.written)
 
-    return run_all
+    def checked(batch: dict[str, list]) -> dict[str, list]:
+        out = fn(batch)
+        if set(out) != declared:
+            raise RuntimeError(f"stage {stage.name!r} returned columns {sorted(out)}, but declares {sorted(declared)}")
+        return out
+
+    return checked
 
 
 def split_retry(source_features, rows):
@@ -182,7 +182,8 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
         parts = [carried, retried]
     parts = skip_rows(parts, record.rows)
     stats = RunStats(record.stats)
-    outputs = parts[:-1] + [captioned(parts[-1], cfg, state.device, stats, read_local_files=source.hub_id is None)]
+    outputs = parts[:-1] + [captioned(parts[-1], source_features, cfg, state.device, stats,
+                                      read_local_files=source.hub_id is None)]
 
     started, earlier_seconds = time.monotonic(), stats.active_seconds
     pushed: set[str] = set()  # files this run's --push_every pushes have sent

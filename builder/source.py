@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from builder.config import ConfigError, SourceConfig
+from map_fns.stage import ROW_KEY
 from builder.schema import OUTPUT_COLUMNS
 from map_fns.fetch import image_source
 from map_fns.images import one_line
@@ -294,7 +295,7 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_si
     output.update({name: feature for name, feature in stream.features.items() if name not in output})
     has_image = mapping.image is not None
     return output, stream.map(
-        lambda batch: {"_row_key": [
+        lambda batch: {ROW_KEY: [
             row_key(url, batch[IMAGE_COLUMN][i] if has_image else None) for i, url in enumerate(batch["URL"])
         ]},
         batched=True,

@@ -7,12 +7,16 @@ few steps.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from map_fns import sampling
-from map_fns.caption import CaptionConfig
 from map_fns.candidate_decoder import CandidateDecoder
 from map_fns.pretrained import load_trained
+
+if TYPE_CHECKING:  # the caption stage imports this module when its model loads; only the type comes back
+    from map_fns.caption import CaptionConfig
 
 
 def load_captioner(name: str, device: torch.device, dtype: torch.dtype = torch.float32):

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from map_fns.status import NO_CAPTION, ok_rows
+from map_fns.stage import ROW_KEY, Column, Stage, engine_loader, on_ok_rows
+from map_fns.status import NO_CAPTION, OK
+
+WRITES = (Column("_candidates"), Column("status", "string"), Column("error", "string"))
 
 
 def _check(config, rules: list[tuple[str, bool, str]]) -> None:
@@ -82,7 +85,8 @@ class CaptionConfig:
 
 def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto",
                     model_batch_size: int = 0) -> Callable[[dict], dict]:
-    """Load BLIP once; the returned batched function adds `_candidates` (internal) to every ok row.
+    """Load BLIP once; the returned batched function adds `_candidates` (internal) to every ok row, and makes a
+    row whose candidates were all empty `no_caption`.
 
     Images go through the model in sub-batches sized to free memory (`model_batch_size` 0) or of the given
     size; they are resized and normalised on `device` (the processor's torchvision backend).
@@ -110,16 +114,15 @@ def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto"
         ids = sample_candidate_ids(model, pixels.to(device, model.dtype), uniforms, cfg, prompt_ids)
         return [unique_captions(processor.tokenizer, image_ids) for image_ids in ids]
 
-    def caption(batch: dict[str, list]) -> dict[str, list]:
-        rows = ok_rows(batch)
-        candidates: list[list[str] | None] = [None] * len(batch["status"])
-        status, error = list(batch["status"]), list(batch["error"])
-        found = batcher.map(rows, lambda chunk: sample([batch["_image"][i] for i in chunk],
-                                                       [batch["_row_key"][i] for i in chunk]))
-        for i, row_candidates in zip(rows, found):
-            candidates[i] = row_candidates
-            if not row_candidates:
-                status[i], error[i] = NO_CAPTION, "every sampled candidate was empty"
-        return {"_candidates": candidates, "status": status, "error": error}
+    def caption(rows: dict[str, list]) -> dict[str, list]:
+        found = batcher.map(list(range(len(rows["status"]))),
+                            lambda chunk: sample([rows["_image"][i] for i in chunk], [rows[ROW_KEY][i] for i in chunk]))
+        status = [OK if candidates else NO_CAPTION for candidates in found]
+        error = [None if candidates else "every sampled candidate was empty" for candidates in found]
+        return {"_candidates": found, "status": status, "error": error}
 
-    return caption
+    return on_ok_rows(caption, WRITES)
+
+
+STAGE = Stage("caption", CaptionConfig, engine_loader(make_caption_fn), reads=("_image", ROW_KEY, "status"),
+              writes=WRITES, model="captioner", model_kind="transformers", role="captioner")

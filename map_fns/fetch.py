@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, one_line
 from map_fns.net_policy import parse_networks
+from map_fns.stage import Column, Stage, StageContext
 from map_fns.status import DECODE_ERROR, FETCH_ERROR, INVALID_URL, OK
 
 Outcome = tuple[str, str | None, DecodedImage | None]  # a row's (status, error, decoded image)
@@ -244,3 +245,13 @@ def make_fetch_fn(
         }
 
     return fetch_fn
+
+
+def _load(cfg: FetchConfig, context: StageContext) -> Callable[[dict[str, list]], dict[str, list]]:
+    return make_fetch_fn(cfg, read_local_files=context.read_local_files)
+
+
+STAGE = Stage("fetch", FetchConfig, _load, reads=("URL",),
+              writes=(Column("status", "string"), Column("error", "string"), Column("image_width", "int32"),
+                      Column("image_height", "int32"), Column("_image")),
+              recipe=False, reuse=False, run_ahead=True)

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING
 
 from map_fns.clip_score import ClipScorer, parse_clip_spec
 from map_fns.precision import resolve_dtype
-from map_fns.status import ok_rows
+from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
+
+WRITES = (Column("all_captions", "list<string>"), Column("all_similarities", "list<float64>"))
 
 if TYPE_CHECKING:
     import torch
@@ -54,19 +56,16 @@ def make_rank_fn(cfg: RankConfig, device: str | torch.device, *, precision: str 
     """
     scorer = ClipScorer(cfg.ranker, device, dtype=resolve_dtype(precision, device), model_batch_size=model_batch_size)
 
-    def rank(batch: dict[str, list]) -> dict[str, list]:
-        n = len(batch["status"])
-        all_captions: list[list[str] | None] = [None] * n
-        all_similarities: list[list[float] | None] = [None] * n
-        rows = ok_rows(batch)
-        for i in rows:
-            if not batch["_candidates"][i]:
-                raise ValueError(f"row {i} has status ok but no candidates; the captioner must mark it no_caption")
-        if rows:
-            candidates = [batch["_candidates"][i] for i in rows]
-            scores = scorer.similarities([batch["_image"][i] for i in rows], candidates)
-            for i, row_candidates, row_scores in zip(rows, candidates, scores):
-                all_captions[i], all_similarities[i] = top_k_by_score(row_candidates, row_scores, cfg.keep_top)
-        return {"all_captions": all_captions, "all_similarities": all_similarities}
+    def rank(rows: dict[str, list]) -> dict[str, list]:
+        if not all(rows["_candidates"]):
+            raise ValueError("a row has status ok but no candidates; the captioner must mark it no_caption")
+        scores = scorer.similarities(rows["_image"], rows["_candidates"])
+        kept = [top_k_by_score(candidates, row_scores, cfg.keep_top)
+                for candidates, row_scores in zip(rows["_candidates"], scores)]
+        return {"all_captions": [captions for captions, _ in kept], "all_similarities": [sims for _, sims in kept]}
 
-    return rank
+    return on_ok_rows(rank, WRITES)
+
+
+STAGE = Stage("rank", RankConfig, engine_loader(make_rank_fn), reads=("_image", "_candidates", "status"),
+              writes=WRITES, model="ranker", model_kind="open_clip", role="first ranker")

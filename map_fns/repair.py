@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from map_fns.pretrained import load_trained
-from map_fns.status import ok_rows
+from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
 
 if TYPE_CHECKING:
     import torch
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 NONE = "none"
+WRITES = (Column("top_caption", "string"),)
 
 
 @dataclass
@@ -73,7 +74,7 @@ def make_repair_fn(cfg: RepairConfig, device: str | torch.device, *, precision: 
     `model_batch_size` at a time, or as many as fit in free memory for 0. 'none' ignores both.
     """
     if cfg.repairer == NONE:
-        return _keep_raw
+        return on_ok_rows(_keep_raw, WRITES)
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -95,22 +96,22 @@ def make_repair_fn(cfg: RepairConfig, device: str | torch.device, *, precision: 
                              do_sample=False)
         return [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    def repair(batch: dict[str, list]) -> dict[str, list]:
-        top: list[str | None] = [None] * len(batch["status"])
-        rows = ok_rows(batch)
-        if rows:
-            texts = [cfg.repair_prefix + batch["top_caption_raw"][i] for i in rows]
-            lengths = [len(ids) for ids in tokenizer(texts).input_ids]
-            with torch.inference_mode():
-                repaired = in_length_order(texts, lengths, lambda ordered: batcher.map(ordered, generate))
-            for i, text in zip(rows, repaired):
-                top[i] = text or batch["top_caption_raw"][i]  # a repair that erases the caption is no repair
-        return {"top_caption": top}
+    def repair(rows: dict[str, list]) -> dict[str, list]:
+        raw = rows["top_caption_raw"]
+        texts = [cfg.repair_prefix + caption for caption in raw]
+        lengths = [len(ids) for ids in tokenizer(texts).input_ids]
+        with torch.inference_mode():
+            repaired = in_length_order(texts, lengths, lambda ordered: batcher.map(ordered, generate))
+        # a repair that erases the caption is no repair
+        return {"top_caption": [text or caption for text, caption in zip(repaired, raw, strict=True)]}
 
-    return repair
+    return on_ok_rows(repair, WRITES)
 
 
-def _keep_raw(batch: dict[str, list]) -> dict[str, list]:
+def _keep_raw(rows: dict[str, list]) -> dict[str, list]:
     """Repair off: the chosen caption is final."""
-    ok = set(ok_rows(batch))
-    return {"top_caption": [raw if i in ok else None for i, raw in enumerate(batch["top_caption_raw"])]}
+    return {"top_caption": list(rows["top_caption_raw"])}
+
+
+STAGE = Stage("repair", RepairConfig, engine_loader(make_repair_fn), reads=("top_caption_raw", "status"),
+              writes=WRITES, model="repairer", model_kind="transformers", role="repairer")

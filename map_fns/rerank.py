@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from map_fns.clip_score import ClipScorer, parse_clip_spec
 from map_fns.precision import resolve_dtype
-from map_fns.status import ok_rows
+from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
 
 if TYPE_CHECKING:
     import torch
 
 NONE = "none"
+WRITES = (Column("rerank_similarities", "list<float64>"), Column("top_caption_raw", "string"))
 
 
 @dataclass
@@ -53,30 +54,23 @@ def make_rerank_fn(cfg: RerankConfig, device: str | torch.device, *, precision: 
     `precision` and `model_batch_size` as for `make_rank_fn`; 'none' ignores them.
     """
     if cfg.reranker == NONE:
-        return _keep_ranker_best
+        return on_ok_rows(_keep_ranker_best, WRITES)
     scorer = ClipScorer(cfg.reranker, device, dtype=resolve_dtype(precision, device),
                         model_batch_size=model_batch_size)
 
-    def rerank(batch: dict[str, list]) -> dict[str, list]:
-        n = len(batch["status"])
-        similarities: list[list[float] | None] = [None] * n
-        top: list[str | None] = [None] * n
-        rows = ok_rows(batch)
-        if rows:
-            shortlists = [batch["all_captions"][i] for i in rows]
-            scores = scorer.similarities([batch["_image"][i] for i in rows], shortlists)
-            for i, shortlist, row_scores in zip(rows, shortlists, scores):
-                similarities[i] = row_scores
-                top[i] = shortlist[best_index(row_scores)]
-        return {"rerank_similarities": similarities, "top_caption_raw": top}
+    def rerank(rows: dict[str, list]) -> dict[str, list]:
+        scores = scorer.similarities(rows["_image"], rows["all_captions"])
+        top = [shortlist[best_index(row_scores)] for shortlist, row_scores in zip(rows["all_captions"], scores)]
+        return {"rerank_similarities": scores, "top_caption_raw": top}
 
-    return rerank
+    return on_ok_rows(rerank, WRITES)
 
 
-def _keep_ranker_best(batch: dict[str, list]) -> dict[str, list]:
+def _keep_ranker_best(rows: dict[str, list]) -> dict[str, list]:
     """Reranking off: the ranker's first choice is final."""
-    ok = set(ok_rows(batch))
-    return {
-        "rerank_similarities": [None] * len(batch["status"]),
-        "top_caption_raw": [captions[0] if i in ok else None for i, captions in enumerate(batch["all_captions"])],
-    }
+    return {"rerank_similarities": [None] * len(rows["status"]),
+            "top_caption_raw": [captions[0] for captions in rows["all_captions"]]}
+
+
+STAGE = Stage("rerank", RerankConfig, engine_loader(make_rerank_fn), reads=("_image", "all_captions", "status"),
+              writes=WRITES, model="reranker", model_kind="open_clip", role="second ranker")
