@@ -14,6 +14,7 @@ device's peak, and peak memory per stage, end to end and for the reference, and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import resource
@@ -25,7 +26,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-STAGES = ("caption", "rank", "rerank", "repair")
 ASPECTS = (4 / 3, 3 / 2, 16 / 9, 1.0, 3 / 4, 2 / 3)  # width / height, cycled
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, no sparsity); the first entry whose words all occur in the
 # device name wins, so more specific names come first.
@@ -99,13 +99,15 @@ def synthetic_images(n: int, seed: int, prefix: str) -> tuple[list, list[str]]:
     return images, keys
 
 
-def stage_configs(args) -> dict:
-    """The four stage configs, recipe defaults, models from the cache."""
-    from map_fns.caption import CaptionConfig
-    from map_fns.rank import RankConfig
-    from map_fns.repair import RepairConfig
-    from map_fns.rerank import RerankConfig
+def model_stages() -> list:
+    """The registered stages that run a model, in run order (the fetch stage's work is `bench/fetch.py`'s)."""
+    from map_fns.registry import STAGES
 
+    return [stage for stage in STAGES if stage.model]
+
+
+def stage_configs(args) -> dict:
+    """Each model stage's config: recipe defaults, its model from the cache, the bench's seed where it has one."""
     if args.tiny:
         from builder.tiny_models import build_tiny_models
 
@@ -114,25 +116,24 @@ def stage_configs(args) -> dict:
         from bench.real_size_models import build_real_size_models
 
         paths = build_real_size_models(args.cache_dir)
-    return {"caption": CaptionConfig(captioner=paths.captioner, seed=args.seed),
-            "rank": RankConfig(ranker=paths.ranker), "rerank": RerankConfig(reranker=paths.reranker),
-            "repair": RepairConfig(repairer=paths.repairer)}
+    configs = {}
+    for stage in model_stages():
+        config = stage.config(**{stage.model: getattr(paths, stage.model)})
+        configs[stage.name] = dataclasses.replace(config, seed=args.seed) if hasattr(config, "seed") else config
+    return configs
 
 
 def load_stages(cfgs: dict, args, sync) -> tuple[dict, dict]:
-    """The product's four stage functions and their load seconds."""
-    from map_fns.caption import make_caption_fn
-    from map_fns.rank import make_rank_fn
-    from map_fns.repair import make_repair_fn
-    from map_fns.rerank import make_rerank_fn
+    """The product's model stage functions, loaded as the run loads them, and their load seconds."""
+    from map_fns.stage import StageContext
 
-    makers = {"caption": make_caption_fn, "rank": make_rank_fn, "rerank": make_rerank_fn, "repair": make_repair_fn}
+    context = StageContext(args.device, args.precision, args.model_batch_size)
     stages, load_s = {}, {}
-    for name, make in makers.items():
+    for stage in model_stages():
         start = time.perf_counter()
-        stages[name] = make(cfgs[name], args.device, precision=args.precision, model_batch_size=args.model_batch_size)
+        stages[stage.name] = stage.load(cfgs[stage.name], context)
         sync()
-        load_s[name] = time.perf_counter() - start
+        load_s[stage.name] = time.perf_counter() - start
     return stages, load_s
 
 
@@ -288,7 +289,7 @@ def table_rows(r: dict) -> list[list]:
                 f"{100 * tflops / peak:.1f}%" if peak and tflops is not None else "n/a",
                 "-" if mem is None else f"{mem:.0f}", f"{load:.1f}"]
 
-    rows = [row(s, n, timed["seconds"][s], flops[s], timed["peak_mib"][s], r["load_s"][s]) for s in STAGES]
+    rows = [row(s, n, timed["seconds"][s], flops[s], timed["peak_mib"][s], r["load_s"][s]) for s in timed["seconds"]]
     rows.append(row("end to end", n, sum(timed["seconds"].values()), sum(flops.values()),
                     max(filter(None, timed["peak_mib"].values()), default=timed["process_peak_mib"]),
                     sum(r["load_s"].values())))

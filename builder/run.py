@@ -34,7 +34,7 @@ from builder.writer import ChunkWriter, remove_leftovers
 from dataset_card.card import write_card
 from dataset_card.gallery import write_gallery
 from map_fns.registry import STAGES, check_chain
-from map_fns.stage import ROW_KEY, MapFn, Stage, StageContext
+from map_fns.stage import ROW_KEY, StageContext, as_declared
 from map_fns.status import FETCH_ERROR
 
 logger = logging.getLogger(__name__)
@@ -82,20 +82,6 @@ def captioned(rows, source_columns, cfg: BuildConfig, device, stats: RunStats, r
         rows = map_ahead(rows, fn, cfg.run.prefetch_batches, size) if stage.run_ahead else \
             rows.map(fn, batched=True, batch_size=size)
     return rows
-
-
-def as_declared(stage: Stage, fn: MapFn) -> MapFn:
-    """`fn`, raising when a call returns other columns than `stage` declares it writes (an undeclared column
-    would reach the output, or a later stage, unchecked)."""
-    declared = set(stage.written)
-
-    def checked(batch: dict[str, list]) -> dict[str, list]:
-        out = fn(batch)
-        if set(out) != declared:
-            raise RuntimeError(f"stage {stage.name!r} returned columns {sorted(out)}, but declares {sorted(declared)}")
-        return out
-
-    return checked
 
 
 def split_retry(source_features, rows):

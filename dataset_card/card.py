@@ -22,6 +22,7 @@ from dataset_card.plots import write_plots
 from dataset_card.provenance import models_used
 from dataset_card.shown_text import shorten
 from dataset_card.summary import CaptionSummary, summarise
+from map_fns.registry import STAGES
 
 TEMPLATE = "card_template.md"
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|])")
@@ -50,10 +51,10 @@ def _environment() -> jinja2.Environment:
 
 
 def recipe(config: dict) -> dict:
-    """The settings that shape the captions, beyond the model choices and the seed."""
-    caption = {key: value for key, value in config["caption"].items() if key not in ("captioner", "seed")}
-    repair = {key: value for key, value in config["repair"].items() if key != "repairer"}
-    values = {**caption, "keep_top": config["rank"]["keep_top"], **repair, "precision": config["run"]["precision"]}
+    """The settings that shape the captions (the registry's recipe stages), beyond the models and the seed."""
+    values = {key: value for stage in STAGES if stage.recipe
+              for key, value in config[stage.name].items() if key not in (stage.model, "seed")}
+    values["precision"] = config["run"]["precision"]
     return {key: repr(value) if isinstance(value, str) else value for key, value in values.items()}
 
 

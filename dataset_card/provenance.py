@@ -12,6 +12,8 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 
+from map_fns.registry import STAGES
+
 NOT_RECORDED = "not recorded"
 NONE = "none"
 # A file every checkpoint of that kind has: transformers models, and open_clip models on the Hub.
@@ -53,11 +55,11 @@ def hub_repo(spec: str, clip: bool) -> str | None:
 
 
 def models_used(config: dict) -> list[ModelUsed]:
-    """The captioner, both rankers and the repairer of a run, each with its revision."""
-    stages = [("captioner", config["caption"]["captioner"], False), ("first ranker", config["rank"]["ranker"], True),
-              ("second ranker", config["rerank"]["reranker"], True), ("repairer", config["repair"]["repairer"], False)]
+    """The model of every registered stage that has one (captioner, both rankers, repairer), with its revision."""
     used = []
-    for role, spec, clip in stages:
-        repo = hub_repo(spec, clip)
-        used.append(ModelUsed(role, spec, repo, cached_revision(repo) if repo else NOT_RECORDED))
+    for stage in STAGES:
+        if stage.model:
+            spec = config[stage.name][stage.model]
+            repo = hub_repo(spec, clip=stage.model_kind == "open_clip")
+            used.append(ModelUsed(stage.role, spec, repo, cached_revision(repo) if repo else NOT_RECORDED))
     return used

@@ -104,3 +104,17 @@ def on_ok_rows(compute: MapFn, writes: tuple[Column, ...]) -> MapFn:
         return filled
 
     return fill_back
+
+
+def as_declared(stage: Stage, fn: MapFn) -> MapFn:
+    """`fn`, raising when a call returns other columns than `stage` declares it writes (an undeclared column
+    would reach the output, or a later stage, unchecked)."""
+    declared = set(stage.written)
+
+    def checked(batch: dict[str, list]) -> dict[str, list]:
+        out = fn(batch)
+        if set(out) != declared:
+            raise RuntimeError(f"stage {stage.name!r} returned columns {sorted(out)}, but declares {sorted(declared)}")
+        return out
+
+    return checked

@@ -1,65 +1,69 @@
-"""The prefetcher runs ahead of its consumer, keeps order, bounds memory and re-raises producer errors."""
+"""The fetch stage's map runs ahead of its reader in a background thread: in order, bounded, errors re-raised."""
 
+import pickle
 import threading
 import time
 
 import pytest
+from datasets import IterableDataset
 
-from builder.prefetch import prefetch, rows_of
-
-
-def test_items_come_out_in_order_and_complete():
-    assert list(prefetch(iter(range(100)), depth=3)) == list(range(100))
+import builder.prefetch
+from builder.prefetch import BackgroundCalls, map_ahead
 
 
-def test_producer_runs_ahead_by_at_most_depth_while_the_consumer_works():
-    produced = []
-    ahead = threading.Event()
-
-    def items():
-        for i in range(10):
-            produced.append(i)
-            if len(produced) == 4:
-                ahead.set()
-            yield i
-
-    stream = prefetch(items(), depth=2)
-    assert next(stream) == 0
-    assert ahead.wait(timeout=5), "the producer did not run ahead"
-    time.sleep(0.2)  # give it room to overrun, if it would
-    assert len(produced) <= 1 + 2 + 1  # consumed + queued + one waiting to be put
-    assert list(stream) == list(range(1, 10))
+def _rows(n):
+    return IterableDataset.from_generator(lambda: ({"i": i} for i in range(n)))
 
 
-def test_a_producer_error_reaches_the_consumer_after_the_good_items():
-    def items():
-        yield 1
-        yield 2
-        raise RuntimeError("source broke")
+def _recording(calls, seconds=0.0):
+    def double(batch):
+        calls.append(batch["i"][0])
+        time.sleep(seconds)
+        return {"doubled": [2 * i for i in batch["i"]]}
 
-    stream = prefetch(items(), depth=4)
-    assert [next(stream), next(stream)] == [1, 2]
-    with pytest.raises(RuntimeError, match="source broke"):
-        next(stream)
+    return double
 
 
-def test_closing_early_stops_the_producer_thread():
-    def endless():
-        i = 0
-        while True:
-            yield i
-            i += 1
+def test_batches_come_out_in_order_and_complete():
+    out = map_ahead(_rows(50), _recording([], seconds=0.001), depth=3, batch_size=4)
+    assert [row["doubled"] for row in out] == [2 * i for i in range(50)]
 
+
+def test_calls_run_ahead_by_at_most_depth_batches_while_the_reader_works():
+    calls = []
+    batches = map_ahead(_rows(40), _recording(calls), depth=2, batch_size=4).iter(batch_size=4)
+    assert next(batches)["doubled"] == [0, 2, 4, 6]
+    deadline = time.monotonic() + 5
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # room to overrun, if it would
+    assert calls == [0, 4, 8], "the batch read plus 2 ahead, no more"
+    assert [b["doubled"][0] for b in batches] == [2 * i for i in range(4, 40, 4)]
+
+
+def test_an_error_reaches_the_reader_after_the_good_batches():
+    def breaks_on_the_third(batch):
+        if batch["i"][0] == 8:
+            raise RuntimeError("fetch broke")
+        return {"doubled": batch["i"]}
+
+    batches = map_ahead(_rows(20), breaks_on_the_third, depth=4, batch_size=4).iter(batch_size=4)
+    assert [next(batches)["i"][0], next(batches)["i"][0]] == [0, 4]
+    with pytest.raises(RuntimeError, match="fetch broke"):
+        next(batches)
+
+
+def test_the_worker_thread_ends_once_idle(monkeypatch):
+    monkeypatch.setattr(builder.prefetch, "IDLE_SECONDS", 0.05)
     before = threading.active_count()
-    stream = prefetch(endless(), depth=2)
-    assert next(stream) == 0
-    stream.close()
+    assert list(map_ahead(_rows(8), _recording([]), depth=2, batch_size=4))
     deadline = time.monotonic() + 5
     while threading.active_count() > before and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert threading.active_count() == before
 
 
-def test_rows_of_turns_columns_into_rows():
-    batches = [{"a": [1, 2], "b": ["x", None]}, {"a": [3], "b": ["z"]}]
-    assert list(rows_of(batches)) == [{"a": 1, "b": "x"}, {"a": 2, "b": None}, {"a": 3, "b": "z"}]
+def test_calls_pickle_as_a_fresh_idle_worker():
+    calls = BackgroundCalls()
+    assert calls.submit(sum, [1, 2]).result(timeout=5) == 3
+    assert pickle.loads(pickle.dumps(calls)).submit(len, "abc").result(timeout=5) == 3

@@ -16,11 +16,13 @@ import map_fns.blip_decode
 from map_fns.blip_decode import bytes_per_image, load_captioner, prompt_token_ids, sample_candidate_ids
 from map_fns.caption import CaptionConfig, make_caption_fn
 from map_fns.candidate_decoder import CandidateDecoder
-from map_fns.rank import RankConfig, make_rank_fn
+from map_fns.rank import RankConfig
+from map_fns.registry import STAGES
 from bench.reference_loop import ReferenceLoop
-from map_fns.repair import RepairConfig, make_repair_fn
-from map_fns.rerank import RerankConfig, make_rerank_fn
+from map_fns.repair import RepairConfig
+from map_fns.rerank import RerankConfig
 from map_fns.sampling import row_uniforms
+from map_fns.stage import StageContext
 from map_fns.status import OK
 
 KEYS = [f"https://example.com/{i}.jpg" for i in range(5)]
@@ -31,17 +33,19 @@ def _images(n=len(KEYS)):
     return [Image.fromarray(rng.integers(0, 255, (40 + 13 * i, 90 - 9 * i, 3), dtype=np.uint8)) for i in range(n)]
 
 
-def _configs(tiny_models, **caption):
-    return (CaptionConfig(captioner=tiny_models.captioner, **caption), RankConfig(ranker=tiny_models.ranker),
-            RerankConfig(reranker=tiny_models.reranker), RepairConfig(repairer=tiny_models.repairer))
+def _configs(tiny_models, **caption) -> dict:
+    """Every model stage's config by stage name (also the reference loop's argument names)."""
+    return {"caption": CaptionConfig(captioner=tiny_models.captioner, **caption),
+            "rank": RankConfig(ranker=tiny_models.ranker), "rerank": RerankConfig(reranker=tiny_models.reranker),
+            "repair": RepairConfig(repairer=tiny_models.repairer)}
 
 
 def _fast(configs, images, keys, **engine):
-    caption, rank, rerank, repair = configs
+    """The registered model stages, loaded and run as the builder does, one after another on one batch."""
     batch = {"_image": images, "_row_key": keys, "status": [OK] * len(images), "error": [None] * len(images)}
-    for make, cfg in ((make_caption_fn, caption), (make_rank_fn, rank), (make_rerank_fn, rerank),
-                      (make_repair_fn, repair)):
-        batch.update(make(cfg, "cpu", **engine)(batch))
+    context = StageContext("cpu", **engine)
+    for stage in (stage for stage in STAGES if stage.model):
+        batch.update(stage.load(configs[stage.name], context)(batch))
     return batch
 
 
@@ -50,7 +54,7 @@ def test_fast_stages_give_the_reference_loops_candidates_and_choice(tiny_models,
     configs = _configs(tiny_models, seed=seed)
     images = _images()
     fast = _fast(configs, images, KEYS)
-    reference = ReferenceLoop(*configs)
+    reference = ReferenceLoop(**configs)
     for i, (image, key) in enumerate(zip(images, KEYS)):
         expected = reference.run(image, key)
         assert fast["_candidates"][i] == expected["candidates"]

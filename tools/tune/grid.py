@@ -4,8 +4,8 @@
     repetition_penalty: [1.2, 1.3]
     length_schedule: ["8:20,16:30,16:45", "40:30"]
 
-Only settings that shape the captions may vary (the caption, rank, rerank and repair sections: sampling,
-lengths, seed, even the models); a point is named by a hash of its values, so reordering or extending the
+Only settings that shape the captions may vary (the sections of the stages the registry marks `recipe`:
+caption, rank, rerank and repair: sampling, lengths, seed, even the models); a point is named by a hash of its values, so reordering or extending the
 grid keeps the points already done.
 """
 
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import yaml
 
-from builder.config import SECTIONS, ConfigError
+from map_fns.flags import ConfigError
+from map_fns.registry import STAGES
 
-RECIPE_SECTIONS = ("caption", "rank", "rerank", "repair")
-RECIPE_KEYS = tuple(f.name for section in RECIPE_SECTIONS for f in dataclasses.fields(SECTIONS[section]))
+RECIPE_SECTIONS = tuple(stage.name for stage in STAGES if stage.recipe)
+RECIPE_KEYS = tuple(f.name for stage in STAGES if stage.recipe for f in dataclasses.fields(stage.config))
 
 
 @dataclass(frozen=True)
