@@ -118,7 +118,7 @@ class PublishConfig:
             at_least(self, name, 0)
         if self.push_to_hub is not None:
             parts = self.push_to_hub.split("/")
-            require(self, "push_to_hub", len(parts) == 2 and "" not in parts, "namespace/name")
+            require(self, "push_to_hub", len(parts) == 2 and "" not in parts, "be namespace/name")
         for name in ("private", "revision", "push_every"):
             if getattr(self, name) and not self.push_to_hub:
                 raise ConfigError(f"--{name} needs --push_to_hub")

@@ -76,7 +76,7 @@ class FetchConfig:
                           ("max_image_pixels", 1), ("max_image_decoded_bytes", 1), ("recent_downloads_bytes", 0)):
             at_least(self, name, low)
         single_line = self.user_agent.strip() and "\r" not in self.user_agent and "\n" not in self.user_agent
-        require(self, "user_agent", bool(single_line), "a non-empty single line")
+        require(self, "user_agent", bool(single_line), "be a non-empty single line")
         parse_networks(self.allow_networks)
 
 

@@ -1,6 +1,6 @@
 """Checking flag values, shared by every config section (the stages' here, the run's in `builder.config`, the
 tools'): one error type, and small checks that raise it with the one line the user sees,
-`--flag must be RULE, got VALUE`.
+`--flag must RULE, got VALUE`.
 
 Cheap to import on purpose (argparse only: no torch, no transformers), so a bad flag fails in a second,
 before any model loads.
@@ -28,27 +28,27 @@ class FlagParser(argparse.ArgumentParser):
 
 
 def require(config, flag: str, holds: bool, rule: str) -> None:
-    """Unless `holds`, raise `--flag must be RULE, got VALUE`, VALUE read from `config`."""
+    """Unless `holds`, raise `--flag must RULE, got VALUE` (e.g. RULE `be >= 1`), VALUE read from `config`."""
     if not holds:
-        raise ConfigError(f"--{flag} must be {rule}, got {getattr(config, flag)!r}")
+        raise ConfigError(f"--{flag} must {rule}, got {getattr(config, flag)!r}")
 
 
 def at_least(config, flag: str, low: int, *, integer: bool = False) -> None:
     """`config.flag >= low`; with `integer`, also an int (a float from the Python API is refused too)."""
     value = getattr(config, flag)
     if integer:
-        require(config, flag, isinstance(value, int) and value >= low, f"an integer >= {low}")
+        require(config, flag, isinstance(value, int) and value >= low, f"be an integer >= {low}")
     else:
-        require(config, flag, value >= low, f">= {low}")
+        require(config, flag, value >= low, f"be >= {low}")
 
 
 def above(config, flag: str, low: float) -> None:
-    require(config, flag, getattr(config, flag) > low, f"> {low}")
+    require(config, flag, getattr(config, flag) > low, f"be > {low}")
 
 
 def in_range(config, flag: str, low: float, high: float) -> None:
     """`low < config.flag <= high`."""
-    require(config, flag, low < getattr(config, flag) <= high, f"in ({low}, {high}]")
+    require(config, flag, low < getattr(config, flag) <= high, f"be in ({low}, {high}]")
 
 
 def model_or_none(config, flag: str) -> None:
