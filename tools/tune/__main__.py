@@ -31,7 +31,7 @@ from tools.tune.search import PlannedPoint, plan_points, search
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Tune's own flags, and the rest for build.py's parser."""
     parser = FlagParser(prog="python -m tools.tune", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--references", required=True,
                         help="human captions of the images: Hub dataset id or local parquet/jsonl/csv file or folder")
     parser.add_argument("--reference_key", help="its column holding the image URL (default: URL, url, coco_url or "
