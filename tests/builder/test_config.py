@@ -189,8 +189,8 @@ def test_cache_dir_in_a_preset_is_the_runs_cache_dir_made_absolute(tmp_path, mon
     preset = _yaml(tmp_path / "mine.yaml", {"captioner": "{cache_dir}/models/blip", "ranker": "local-dir:{cache_dir}/c",
                                             "caption_prompt": "a photo of "})
     cfg = parse_config(["--output_dir", "out", "--preset", preset, "--cache_dir", "rel/cache"])
-    assert cfg.caption.captioner == f"{tmp_path}/rel/cache/models/blip"
-    assert cfg.rank.ranker == f"local-dir:{tmp_path}/rel/cache/c"
+    assert cfg.caption.captioner == f"{tmp_path.resolve()}/rel/cache/models/blip"
+    assert cfg.rank.ranker == f"local-dir:{tmp_path.resolve()}/rel/cache/c"
     assert cfg.caption.caption_prompt == "a photo of "
 
 
@@ -198,7 +198,7 @@ def test_preset_tiny_with_a_relative_cache_dir_finds_the_models_where_they_are_b
     monkeypatch.chdir(tmp_path)
     cfg = parse_config(["--output_dir", "out", "--preset", "tiny", "--cache_dir", "cache"])
     assert _models(cfg) == _tiny("cache")
-    assert cfg.caption.captioner.startswith(str(tmp_path / "cache"))
+    assert cfg.caption.captioner.startswith(str(tmp_path.resolve() / "cache"))
 
 
 def test_build_py_help_lists_the_bundled_presets():
