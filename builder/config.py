@@ -6,7 +6,6 @@ one line naming it, before any model is loaded.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -17,16 +16,16 @@ import yaml
 from transformers import HfArgumentParser
 
 from builder.durable import write_text_durably
+from builder.flag_files import as_flags, bundled_presets, preset_file, read_flag_file, read_preset
 
 from map_fns.caption import CaptionConfig
 from map_fns.fetch import FetchConfig
-from map_fns.flags import ConfigError
+from map_fns.flags import ConfigError, FlagParser, at_least, require
 from map_fns.precision import PRECISIONS, check_precision
 from map_fns.rank import RankConfig
 from map_fns.repair import RepairConfig
 from map_fns.rerank import RerankConfig
 
-PRESETS = ("laion-coco", "tiny")
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "laion-coco-builder")
 
 
@@ -50,15 +49,19 @@ class SourceConfig:
 
     def __post_init__(self):
         if self.retry_failed and self.source:
-            raise ValueError("--retry_failed reads the previous output as its source; drop --source")
-        if self.max_samples is not None and self.max_samples < 1:
-            raise ValueError(f"--max_samples must be >= 1, got {self.max_samples}")
+            raise ConfigError("--retry_failed reads the previous output as its source; drop --source")
+        if self.max_samples is not None:
+            at_least(self, "max_samples", 1)
 
 
 @dataclass
 class RunConfig:
     output_dir: str = field(default=None, metadata={"help": "Where data/*.parquet and README.md go (required)."})
-    preset: str = field(default="laion-coco", metadata={"help": f"Model preset: {' | '.join(PRESETS)}."})
+    preset: str = field(
+        default="laion-coco",
+        metadata={"help": f"A bundled preset ({' | '.join(bundled_presets())}) or a YAML file of flag values, e.g. "
+                          "the best.yaml of python -m tools.tune; --config and flags override its values."},
+    )
     config: str | None = field(default=None, metadata={"help": "YAML file with any of these flags as keys."})
     batch_size: int = field(
         default=64, metadata={"help": "Rows per batch through the stages: the most images a model sees at once."}
@@ -74,7 +77,10 @@ class RunConfig:
         default=10_000, metadata={"help": "Rows per output parquet file, rounded up to whole batches."}
     )
     prefetch_batches: int = field(default=4, metadata={"help": "Fetched batches kept ready ahead of the models."})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"help": "Where --preset tiny builds its models."})
+    cache_dir: str = field(
+        default=DEFAULT_CACHE_DIR,
+        metadata={"help": "Where --preset tiny builds its models; what {cache_dir} in a preset's values stands for."},
+    )
     overwrite: bool = field(
         default=False, metadata={"help": "Delete this run's earlier output in --output_dir and start over "
                                          "(without it, the same command resumes; a changed one is refused)."}
@@ -82,14 +88,11 @@ class RunConfig:
 
     def __post_init__(self):
         if not self.output_dir:
-            raise ValueError("--output_dir is required")
-        if self.preset not in PRESETS:
-            raise ValueError(f"--preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+            raise ConfigError("--output_dir is required")
+        preset_file(self.preset)
         for name in ("batch_size", "rows_per_chunk", "prefetch_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_batch_size < 0:
-            raise ValueError(f"--model_batch_size must be >= 0, got {self.model_batch_size}")
+            at_least(self, name, 1)
+        at_least(self, "model_batch_size", 0)
         check_precision(self.precision)
 
 
@@ -112,13 +115,13 @@ class PublishConfig:
 
     def __post_init__(self):
         for name in ("push_every", "card_examples", "gallery_rows"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        if self.push_to_hub is not None and (self.push_to_hub.count("/") != 1 or "" in self.push_to_hub.split("/")):
-            raise ValueError(f"--push_to_hub must be namespace/name, got {self.push_to_hub!r}")
+            at_least(self, name, 0)
+        if self.push_to_hub is not None:
+            parts = self.push_to_hub.split("/")
+            require(self, "push_to_hub", len(parts) == 2 and "" not in parts, "be namespace/name")
         for name in ("private", "revision", "push_every"):
             if getattr(self, name) and not self.push_to_hub:
-                raise ValueError(f"--{name} needs --push_to_hub")
+                raise ConfigError(f"--{name} needs --push_to_hub")
 
 
 SECTIONS = {
@@ -150,39 +153,8 @@ class BuildConfig:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
 
-def tiny_preset(cache_dir: str) -> dict[str, str]:
-    """Model flags pointing at the tiny models `builder.tiny_models` builds into `cache_dir` at run time."""
-    from builder.tiny_models import tiny_model_paths
-
-    paths = tiny_model_paths(cache_dir)
-    return {"captioner": paths.captioner, "ranker": paths.ranker, "reranker": paths.reranker,
-            "repairer": paths.repairer}
-
-
-class _Parser(HfArgumentParser):
-    def error(self, message):
-        raise ConfigError(message)
-
-
-def _as_flags(values: dict, origin: str, known: set[str]) -> list[str]:
-    """Turn `{key: value}` into `--key value` tokens so YAML and presets go through argparse's own checks."""
-    tokens = []
-    for key, value in values.items():
-        if key not in known:
-            raise ConfigError(f"unknown key {key!r} in {origin}")
-        if value is not None:
-            tokens.append(f"--{key}={value}")  # one token: a value starting with '-' stays a value
-    return tokens
-
-
-def _read_yaml(path: str) -> dict:
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config {path!r} cannot be read: {str(err).splitlines()[0]}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path!r} must hold a mapping of flag names to values")
-    return values
+class _SectionsParser(FlagParser, HfArgumentParser):
+    """The sections' dataclass fields as flags (`HfArgumentParser`), errors as `ConfigError` (`FlagParser`)."""
 
 
 def _parse(parser: HfArgumentParser, tokens: list[str]) -> list:
@@ -198,23 +170,22 @@ def _parse(parser: HfArgumentParser, tokens: list[str]) -> list:
 def parse_config(argv: list[str] | None = None) -> BuildConfig:
     """Parse flags (and the YAML / preset they name) into a checked `BuildConfig`, or raise `ConfigError`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _Parser(list(SECTIONS.values()))
+    parser = _SectionsParser(list(SECTIONS.values()))
     known = {action.dest for action in parser._actions}
-    first = argparse.ArgumentParser(add_help=False)
+    first = FlagParser(add_help=False)
     first.add_argument("--config")
     early, _ = first.parse_known_args(argv)
 
     user_tokens = []
     if early.config:
-        yaml_values = _read_yaml(early.config)
+        yaml_values = read_flag_file(early.config, "--config")
         yaml_values.pop("config", None)
-        user_tokens += _as_flags(yaml_values, early.config, known)
+        user_tokens += as_flags(yaml_values, early.config, known)
     user_tokens += argv
-    sections = _parse(parser, user_tokens)
-    run = sections[list(SECTIONS).index("run")]
-    if run.preset == "tiny":  # the preset's values sit under YAML and flags, in the cache_dir they chose
-        sections = _parse(parser, _as_flags(tiny_preset(run.cache_dir), "--preset tiny", known) + user_tokens)
-    cfg = BuildConfig(**dict(zip(SECTIONS, sections)))
+    chosen, _ = parser.parse_known_args(user_tokens)  # the preset and cache dir that YAML and flags chose
+    preset = read_preset(chosen.preset, chosen.cache_dir)
+    preset_tokens = as_flags(preset, f"--preset {chosen.preset!r}", known)  # first: YAML and flags win
+    cfg = BuildConfig(**dict(zip(SECTIONS, _parse(parser, preset_tokens + user_tokens))))
     if cfg.rank.keep_top > cfg.caption.num_candidates:
         raise ConfigError(f"--keep_top ({cfg.rank.keep_top}) must not exceed --num_candidates "
                           f"({cfg.caption.num_candidates})")

@@ -12,10 +12,10 @@ from pathlib import Path
 from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 
+from map_fns.flags import NONE
 from map_fns.registry import STAGES
 
 NOT_RECORDED = "not recorded"
-NONE = "none"
 # A file every checkpoint of that kind has: transformers models, and open_clip models on the Hub.
 MARKER_FILES = ("config.json", "open_clip_config.json", "open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 

@@ -9,17 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from map_fns.flags import above, at_least, in_range
 from map_fns.stage import ROW_KEY, Column, Stage, engine_loader, on_ok_rows
 from map_fns.status import NO_CAPTION, OK
 
 WRITES = (Column("_candidates"), Column("status", "string"), Column("error", "string"))
-
-
-def _check(config, rules: list[tuple[str, bool, str]]) -> None:
-    """Raise one clear line for the first `(flag, ok, rule)` that does not hold."""
-    for name, ok, rule in rules:
-        if not ok:
-            raise ValueError(f"--{name} must be {rule}, got {getattr(config, name)!r}")
 
 
 def parse_length_schedule(schedule: str) -> list[tuple[int, int]]:
@@ -69,14 +63,12 @@ class CaptionConfig:
 
     def __post_init__(self):
         parse_length_schedule(self.length_schedule)
-        _check(self, [
-            ("num_candidates", self.num_candidates >= 1, ">= 1"),
-            ("min_length", self.min_length >= 0, ">= 0"),
-            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", self.top_k >= 1, ">= 1"),
-            ("repetition_penalty", self.repetition_penalty > 0, "> 0"),
-            ("eos_stop_probability", 0 < self.eos_stop_probability <= 1, "in (0, 1]"),
-        ])
+        at_least(self, "num_candidates", 1)
+        at_least(self, "min_length", 0)
+        in_range(self, "top_p", 0, 1)
+        at_least(self, "top_k", 1)
+        above(self, "repetition_penalty", 0)
+        in_range(self, "eos_stop_probability", 0, 1)
 
     @property
     def max_lengths(self) -> list[int]:

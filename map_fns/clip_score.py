@@ -16,39 +16,17 @@ import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from map_fns.flags import parse_clip_spec
+
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
 RECIPE_CAPTIONS_PER_IMAGE = 40  # BLIP candidates the ranker scores per image; the reranker sees 5
 PREPROCESS_THREADS = min(8, os.cpu_count() or 1)  # resizing releases the GIL; a few threads keep up with a GPU
 _UNKNOWN_TOWER = (257, 1024, 16)  # (tokens, width, heads) of ViT-L/14's image tower, the recipe's ranker
-_SPEC_FORMS = "expected MODEL/PRETRAINED (e.g. ViT-L-14/openai), hf-hub:ORG/REPO or local-dir:/PATH"
-
-
-def parse_clip_spec(spec: str) -> tuple[str, str | None]:
-    """Split a CLIP spec into open_clip's `(model_name, pretrained)`; schema specs carry their own weights.
-
-    Syntax only: open_clip itself rejects unknown models and tags when the scorer loads, before any row.
-    """
-    if not isinstance(spec, str) or not spec or spec != spec.strip():
-        raise ValueError(f"invalid CLIP spec {spec!r}: {_SPEC_FORMS}")
-    if spec.startswith("hf-hub:"):
-        org, _, repo = spec.removeprefix("hf-hub:").partition("/")
-        if not org or not repo or "/" in repo:
-            raise ValueError(f"invalid CLIP spec {spec!r}: {_SPEC_FORMS}")
-        return spec, None
-    if spec.startswith("local-dir:"):
-        if not spec.removeprefix("local-dir:"):
-            raise ValueError(f"invalid CLIP spec {spec!r}: {_SPEC_FORMS}")
-        return spec, None
-    name, _, pretrained = spec.partition("/")  # pretrained: a tag, or a checkpoint path (may hold '/')
-    if not name or not pretrained or ":" in name:
-        raise ValueError(f"invalid CLIP spec {spec!r}: {_SPEC_FORMS}")
-    return name, pretrained
 
 
 def needs_quick_gelu(name: str, pretrained: str | None) -> bool:

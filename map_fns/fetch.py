@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from map_fns.flags import above, at_least, require
 from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, one_line
 from map_fns.net_policy import parse_networks
 from map_fns.stage import Column, Stage, StageContext
@@ -70,15 +71,13 @@ class FetchConfig:
 
     def __post_init__(self):
         for name in ("fetch_timeout", "fetch_deadline"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+            above(self, name, 0)
         for name, low in (("fetch_retries", 0), ("fetch_backoff", 0), ("max_redirects", 0), ("resize_min_side", 0),
                           ("fetch_concurrency", 1), ("decode_threads", 1), ("max_image_bytes", 1),
                           ("max_image_pixels", 1), ("max_image_decoded_bytes", 1), ("recent_downloads_bytes", 0)):
-            if getattr(self, name) < low:
-                raise ValueError(f"--{name} must be >= {low}, got {getattr(self, name)}")
-        if not self.user_agent.strip() or "\r" in self.user_agent or "\n" in self.user_agent:
-            raise ValueError(f"--user_agent must be a non-empty single line, got {self.user_agent!r}")
+            at_least(self, name, low)
+        single_line = self.user_agent.strip() and "\r" not in self.user_agent and "\n" not in self.user_agent
+        require(self, "user_agent", bool(single_line), "be a non-empty single line")
         parse_networks(self.allow_networks)
 
 

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from map_fns.clip_score import ClipScorer, parse_clip_spec
+from map_fns.clip_score import ClipScorer
+from map_fns.flags import at_least, clip_spec
 from map_fns.precision import resolve_dtype
 from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
 
@@ -31,12 +32,8 @@ class RankConfig:
     keep_top: int = field(default=5, metadata={"help": "how many of the best-ranked candidates to keep"})
 
     def __post_init__(self):
-        try:
-            parse_clip_spec(self.ranker)
-        except ValueError as e:
-            raise ValueError(f"--ranker: {e}") from None
-        if not isinstance(self.keep_top, int) or self.keep_top < 1:
-            raise ValueError(f"--keep_top must be an integer >= 1, got {self.keep_top!r}")
+        clip_spec(self, "ranker")
+        at_least(self, "keep_top", 1, integer=True)
 
 
 def top_k_by_score(items: list[str], scores: list[float], k: int) -> tuple[list[str], list[float]]:

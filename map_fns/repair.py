@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from map_fns.flags import NONE, at_least, model_or_none
 from map_fns.pretrained import load_trained
 from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-NONE = "none"
 WRITES = (Column("top_caption", "string"),)
 
 
@@ -35,12 +35,9 @@ class RepairConfig:
     repair_max_new_tokens: int = field(default=64, metadata={"help": "longest repaired caption, in tokens"})
 
     def __post_init__(self):
-        if not isinstance(self.repairer, str) or not self.repairer.strip():
-            raise ValueError(f"--repairer must name a model or be 'none', got {self.repairer!r}")
+        model_or_none(self, "repairer")
         for flag in ("repair_num_beams", "repair_max_new_tokens"):
-            value = getattr(self, flag)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"--{flag} must be an integer >= 1, got {value!r}")
+            at_least(self, flag, 1, integer=True)
 
 
 def bytes_per_caption(model, num_beams: int, max_new_tokens: int) -> int:

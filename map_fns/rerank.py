@@ -10,14 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from map_fns.clip_score import ClipScorer, parse_clip_spec
+from map_fns.clip_score import ClipScorer
+from map_fns.flags import NONE, clip_spec
 from map_fns.precision import resolve_dtype
 from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
 
 if TYPE_CHECKING:
     import torch
 
-NONE = "none"
 WRITES = (Column("rerank_similarities", "list<float64>"), Column("top_caption_raw", "string"))
 
 
@@ -32,12 +32,7 @@ class RerankConfig:
     )
 
     def __post_init__(self):
-        if self.reranker == NONE:
-            return
-        try:
-            parse_clip_spec(self.reranker)
-        except ValueError as e:
-            raise ValueError(f"--reranker: {e}") from None
+        clip_spec(self, "reranker", none_allowed=True)
 
 
 def best_index(scores: list[float]) -> int:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from builder.config import SECTIONS, BuildConfig, ConfigError, parse_config, save_config
+from builder.flag_files import bundled_presets
 from builder.tiny_models import tiny_model_paths
 from map_fns.caption import CaptionConfig
 from map_fns.fetch import FetchConfig
@@ -148,6 +149,66 @@ def test_tiny_models_are_looked_for_where_the_run_builds_them(tmp_path, how):
     assert _models(cfg) == _tiny(cfg.run.cache_dir)
 
 
+# --- presets: bundled YAML files or any YAML file, under --config and flags -----------------------------
+
+
+def test_bundled_presets_are_the_documented_ones():
+    assert bundled_presets() == ["laion-coco", "tiny"]
+
+
+def test_a_preset_given_by_path_sits_under_yaml_and_flags(tmp_path):
+    preset = _yaml(tmp_path / "my-recipe.yaml", {"top_k": 7, "top_p": 0.5, "keep_top": 3, "repairer": "none"})
+    base = ["--output_dir", str(tmp_path / "out"), "--preset", preset]
+
+    cfg = parse_config(base)
+    assert cfg.run.preset == preset
+    assert (cfg.caption.top_k, cfg.caption.top_p, cfg.rank.keep_top, cfg.repair.repairer) == (7, 0.5, 3, "none")
+    assert cfg.caption.num_candidates == 40 and cfg.rank.ranker == "ViT-L-14/openai"  # the rest: defaults
+
+    config = _yaml(tmp_path / "run.yaml", {"top_k": 11})
+    cfg = parse_config(base + ["--config", config, "--top_p", "0.25"])
+    assert (cfg.caption.top_k, cfg.caption.top_p, cfg.rank.keep_top) == (11, 0.25, 3)
+
+
+def test_a_preset_named_in_the_config_yaml_is_used(tmp_path):
+    preset = _yaml(tmp_path / "my-recipe.yaml", {"top_k": 7})
+    config = _yaml(tmp_path / "run.yaml", {"preset": preset, "output_dir": str(tmp_path / "out")})
+    assert parse_config(["--config", config]).caption.top_k == 7
+
+
+def test_a_preset_is_a_layer_not_a_separate_check(tmp_path):
+    """Values that only make sense together may come from different layers: the preset's repo with a flag's
+    --private (checked once, on the merged values)."""
+    preset = _yaml(tmp_path / "team.yaml", {"push_to_hub": "team/captions"})
+    cfg = parse_config(["--output_dir", str(tmp_path / "out"), "--preset", preset, "--private"])
+    assert (cfg.publish.push_to_hub, cfg.publish.private) == ("team/captions", True)
+
+
+def test_cache_dir_in_a_preset_is_the_runs_cache_dir_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    preset = _yaml(tmp_path / "mine.yaml", {"captioner": "{cache_dir}/models/blip", "ranker": "local-dir:{cache_dir}/c",
+                                            "caption_prompt": "a photo of "})
+    cfg = parse_config(["--output_dir", "out", "--preset", preset, "--cache_dir", "rel/cache"])
+    assert cfg.caption.captioner == f"{tmp_path.resolve()}/rel/cache/models/blip"
+    assert cfg.rank.ranker == f"local-dir:{tmp_path.resolve()}/rel/cache/c"
+    assert cfg.caption.caption_prompt == "a photo of "
+
+
+def test_preset_tiny_with_a_relative_cache_dir_finds_the_models_where_they_are_built(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = parse_config(["--output_dir", "out", "--preset", "tiny", "--cache_dir", "cache"])
+    assert _models(cfg) == _tiny("cache")
+    assert cfg.caption.captioner.startswith(str(tmp_path.resolve() / "cache"))
+
+
+def test_build_py_help_lists_the_bundled_presets():
+    proc = subprocess.run([sys.executable, "build.py", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    help_text = " ".join(proc.stdout.split())  # argparse wraps lines
+    preset_help = help_text[help_text.rindex("--preset PRESET"):help_text.rindex("--config CONFIG")]  # not the usage
+    assert "laion-coco | tiny" in preset_help and "YAML file" in preset_help
+
+
 # --- errors: ConfigError, one line, naming the flag and the bad value -----------------------------------
 
 
@@ -175,7 +236,22 @@ ERROR_CASES = {
         lambda t: ["--config", _bad_yaml(t, "- batch_size\n- 3\n")], lambda t: ["--config", str(t / "bad.yaml")]),
     "unreadable yaml": (
         lambda t: ["--config", str(t / "missing.yaml")], lambda t: ["--config", str(t / "missing.yaml")]),
-    "unknown preset": (lambda t: ["--preset", "huge"], lambda t: ["--preset", "huge"]),
+    "unknown preset": (lambda t: ["--preset", "huge"], lambda t: ["--preset", "huge", "laion-coco", "tiny"]),
+    "missing preset file": (
+        lambda t: ["--preset", str(t / "missing.yaml")], lambda t: ["--preset", str(t / "missing.yaml")]),
+    "preset is a folder": (lambda t: ["--preset", str(t)], lambda t: ["--preset", str(t)]),
+    "invalid preset yaml": (
+        lambda t: ["--preset", _bad_yaml(t, "top_k: [1, 2\ntop_p: 3\n")], lambda t: ["--preset", str(t / "bad.yaml")]),
+    "preset not a mapping": (
+        lambda t: ["--preset", _bad_yaml(t, "- top_k\n- 3\n")], lambda t: ["--preset", str(t / "bad.yaml")]),
+    "unknown preset key": (
+        lambda t: ["--preset", _yaml(t / "p.yaml", {"top_k": 3, "no_such_key": 1})],
+        lambda t: ["no_such_key", "--preset", str(t / "p.yaml")]),
+    "preset naming a preset": (
+        lambda t: ["--preset", _yaml(t / "p.yaml", {"preset": "tiny"})], lambda t: ["'preset'", str(t / "p.yaml")]),
+    "bad value in preset": (
+        lambda t: ["--preset", _yaml(t / "p.yaml", {"top_p": 1.5})], lambda t: ["--top_p", "1.5"]),
+    "config without a value": (lambda t: ["--config"], lambda t: ["--config"]),
     "bad length schedule": (lambda t: ["--length_schedule", "8-20,16:30"], lambda t: ["--length_schedule", "8-20,16:30"]),
     "zero max samples": (lambda t: ["--max_samples", "0"], lambda t: ["--max_samples", "0"]),
     "ranker without pretrained tag": (lambda t: ["--ranker", "ViT-L-14"], lambda t: ["--ranker", "ViT-L-14"]),
@@ -230,10 +306,12 @@ def _round_trip(cfg: BuildConfig, path: Path) -> BuildConfig:
          "--caption_prompt", "a photo: of ", "--seed", "42", "--fetch_timeout", "2.5",
          "--ranker", "hf-hub:org/clip", "--reranker", "none", "--repairer", "none", "--repair_prefix", ""],
         ["--preset", "tiny", "--repairer", "none"],
+        ["--preset", "PRESET_FILE", "--top_k", "3"],
     ],
-    ids=["defaults", "many flags", "preset tiny"],
+    ids=["defaults", "many flags", "preset tiny", "preset file"],
 )
 def test_saved_config_reproduces_the_run(tmp_path, argv):
+    argv = [_yaml(tmp_path / "preset.yaml", {"top_p": 0.5, "seed": 3}) if arg == "PRESET_FILE" else arg for arg in argv]
     cfg = parse_config(["--output_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache")] + argv)
     assert _round_trip(cfg, tmp_path / "build_config.yaml") == cfg
 

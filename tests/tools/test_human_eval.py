@@ -27,7 +27,9 @@ import markupsafe
 import pytest
 from PIL import Image
 
+from builder.cli import failed
 from tools.human_eval.__main__ import main
+from tools.human_eval.errors import HumanEvalError
 from tools.human_eval.items import DISPLAY_SIDE, EvalSettings, choose_items, prepare_items
 from tools.human_eval.raters import invite, token_hash
 from tools.human_eval.rows import pick_rows
@@ -568,3 +570,9 @@ def test_report_refuses_a_missing_or_empty_database(tmp_path, capsys):
     RatingStore(tmp_path / "empty.sqlite").close()
     assert main(["report", str(tmp_path / "empty.sqlite")]) == 2
     assert "holds no answers from a rater's link yet\n" in capsys.readouterr().err
+
+
+def test_a_human_eval_error_is_a_user_error_wherever_those_are_reported(capsys):
+    """One error base: the builder's reporter takes it as bad input (exit 2, one line), not as a crash (1)."""
+    assert failed(HumanEvalError("rater name 'a,b' holds a comma")) == 2
+    assert capsys.readouterr().err == "error: rater name 'a,b' holds a comma\n"

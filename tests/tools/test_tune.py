@@ -18,7 +18,9 @@ from tools.references import load_references
 from builder.source import bundled_sample
 from builder.tiny_models import caption_corpus
 from tools.tune.__main__ import main as tune_main
-from tools.tune.grid import grid_points, read_grid
+from tools.tune.grid import Point, grid_points, read_grid
+from tools.tune.results import write_best_config
+from tools.tune.scoring import PointScore
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
@@ -166,3 +168,33 @@ def test_points_are_every_combination_named_by_their_values_alone(tmp_path):
     reordered = grid_points({"length_schedule": ["40:30"], "repetition_penalty": [1.2], "top_p": [0.3]})
     assert reordered[0].name == points[3].name
     assert len({p.name for p in points}) == 4
+
+
+def test_tune_flags_are_checked_in_one_line(tmp_path, capsys):
+    code = tune_main(["--grid", str(tmp_path / "grid.yaml"), "--output_dir", str(tmp_path / "tune")])
+    assert code == 2
+    assert capsys.readouterr().err == "error: the following arguments are required: --references\n"
+
+
+def test_best_yaml_is_a_preset_and_flags_still_win(tmp_path):
+    """What the tuning run writes for its best point, read back by build.py's `--preset`: every recipe value
+    (a tiny run's models under its cache dir, a prompt that starts with a dash) comes back as it was."""
+    cfg = parse_config(["--output_dir", str(tmp_path / "point"), "--preset", "tiny", "--cache_dir",
+                        str(tmp_path / "cache"), "--top_p", "0.3", "--num_candidates", "8", "--keep_top", "2",
+                        "--length_schedule", "1:5,2:7", "--caption_prompt=- a photo of ", "--reranker", "none",
+                        "--seed", "7"])
+    score = PointScore(rows=8, ok_rows=8, scored_rows=8, rouge1=0.5, rouge2=0.25, rougeL=0.4, mean_words=9.0,
+                       mean_first_similarity=0.3)
+    best = tmp_path / "tune" / "best.yaml"
+    best.parent.mkdir()
+    write_best_config(cfg.to_dict(), Point({"top_p": 0.3}), score, "rougeL", best)
+    assert f"build.py --preset {best}" in best.read_text()
+
+    built = parse_config(["--preset", str(best), "--output_dir", str(tmp_path / "build")])
+    assert built.run.preset == str(best)
+    for section in ("caption", "rank", "rerank", "repair"):
+        assert getattr(built, section) == getattr(cfg, section), section
+    assert built.caption.seed == 7 and built.caption.captioner.startswith(str(tmp_path / "cache"))
+
+    flagged = parse_config(["--preset", str(best), "--output_dir", str(tmp_path / "build"), "--top_p", "0.9"])
+    assert (flagged.caption.top_p, flagged.caption.num_candidates) == (0.9, 8)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tools.human_eval.errors import HumanEvalError
 from map_fns.fetch import FetchConfig
+from map_fns.flags import ConfigError
 from map_fns.net_policy import parse_networks
 
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         COMMANDS[args.command](args)
-    except HumanEvalError as err:
+    except ConfigError as err:  # a HumanEvalError, or any user error the shared code it calls found
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -4,8 +4,8 @@
         --output_dir DIR [--images SOURCE] [any build.py flag]
 
 Every build.py flag sets the recipe the grid varies from (`--preset tiny`, `--max_samples`, `--config`...).
-Writes DIR/results.parquet, DIR/results.png and DIR/best.yaml (a preset for `build.py --config`), prints the
-results table; re-running the same command skips the points already scored.
+Writes DIR/results.parquet, DIR/results.png and DIR/best.yaml (a preset: `build.py --preset DIR/best.yaml`),
+prints the results table; re-running the same command skips the points already scored.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from builder.cli import failed
-from builder.config import ConfigError
 from builder.interrupt import RunInterrupted
+from map_fns.flags import ConfigError, FlagParser
 from tools.references import load_references
 from builder.source import check_source
 from tools.tune.grid import grid_points, read_grid
@@ -28,15 +28,10 @@ from tools.tune.scoring import PointScore
 from tools.tune.search import PlannedPoint, plan_points, search
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ConfigError(message)
-
-
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Tune's own flags, and the rest for build.py's parser."""
-    parser = _Parser(prog="python -m tools.tune", description=__doc__,
-                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = FlagParser(prog="python -m tools.tune", description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--references", required=True,
                         help="human captions of the images: Hub dataset id or local parquet/jsonl/csv file or folder")
     parser.add_argument("--reference_key", help="its column holding the image URL (default: URL, url, coco_url or "
@@ -87,7 +82,7 @@ def write_results(planned: list[PlannedPoint], scores: list[PointScore], metric:
     write_best_config(planned[best].cfg.to_dict(), points[best], scores[best], metric, output_dir / "best.yaml")
     print(format_table(table, best, metric))
     print(f"\nresults: {output_dir / 'results.parquet'}, plot: {output_dir / 'results.png'}, "
-          f"best point as a preset: {output_dir / 'best.yaml'}")
+          f"best point as a preset: build.py --preset {output_dir / 'best.yaml'}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """What a tuning run leaves: the results table (parquet, and printed), a plot, and the best point as a YAML
-preset for `build.py --config`."""
+preset for `build.py --preset`."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def plot_results(table: pa.Table, best: int, metric: str, path: Path) -> None:
 
 def write_best_config(config: dict, point: Point, score: PointScore, metric: str, path: Path) -> None:
     """The best point's recipe (caption, rank, rerank and repair settings, models and seed included) as flat
-    keys, which `build.py --config` reads."""
+    keys: a preset, `build.py --preset best.yaml` (or `--config best.yaml`, to combine with `--preset tiny`)."""
     flat = {key: value for section in RECIPE_SECTIONS for key, value in config[section].items()}
     header = (f"# Best grid point {point.name} ({point.describe()}): {metric} {getattr(score, metric):.4f} over "
-              f"{score.scored_rows} images.\n# Use with: build.py --config {path.name} --source ... --output_dir ...\n")
+              f"{score.scored_rows} images.\n# Use with: build.py --preset {path} --source ... --output_dir ...\n")
     path.write_text(header + yaml.safe_dump(flat, sort_keys=False))
