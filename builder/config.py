@@ -18,13 +18,9 @@ from transformers import HfArgumentParser
 from builder.durable import write_text_durably
 from builder.flag_files import as_flags, bundled_presets, preset_file, read_flag_file, read_preset
 
-from map_fns.caption import CaptionConfig
-from map_fns.fetch import FetchConfig
 from map_fns.flags import ConfigError, FlagParser, at_least, require
 from map_fns.precision import PRECISIONS, check_precision
-from map_fns.rank import RankConfig
-from map_fns.repair import RepairConfig
-from map_fns.rerank import RerankConfig
+from map_fns.registry import STAGES
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "laion-coco-builder")
 
@@ -124,33 +120,33 @@ class PublishConfig:
                 raise ConfigError(f"--{name} needs --push_to_hub")
 
 
-SECTIONS = {
-    "source": SourceConfig,
-    "run": RunConfig,
-    "publish": PublishConfig,
-    "fetch": FetchConfig,
-    "caption": CaptionConfig,
-    "rank": RankConfig,
-    "rerank": RerankConfig,
-    "repair": RepairConfig,
-}
+RUN_SECTIONS = {"source": SourceConfig, "run": RunConfig, "publish": PublishConfig}
+
+
+def sections() -> dict[str, type]:
+    """Every config section by name: the run's own, then one per registered stage (`map_fns.registry`), read
+    when called so that a stage registered later has its flags too."""
+    return {**RUN_SECTIONS, **{stage.name: stage.config for stage in STAGES}}
 
 
 @dataclass
 class BuildConfig:
-    """The root: one attribute per section, each a dataclass whose fields are flags."""
+    """The root: the run's own sections, and each registered stage's config by stage name (`cfg.caption`)."""
 
     source: SourceConfig
     run: RunConfig
     publish: PublishConfig
-    fetch: FetchConfig
-    caption: CaptionConfig
-    rank: RankConfig
-    rerank: RerankConfig
-    repair: RepairConfig
+    stages: dict[str, object]
+
+    def __getattr__(self, name: str):
+        """A stage's section as an attribute (only called for names that are not fields)."""
+        try:
+            return self.__dict__["stages"][name]
+        except KeyError:
+            raise AttributeError(f"no config section {name!r}") from None
 
     def to_dict(self) -> dict:
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return {name: dataclasses.asdict(getattr(self, name)) for name in sections()}
 
 
 class _SectionsParser(FlagParser, HfArgumentParser):
@@ -170,7 +166,8 @@ def _parse(parser: HfArgumentParser, tokens: list[str]) -> list:
 def parse_config(argv: list[str] | None = None) -> BuildConfig:
     """Parse flags (and the YAML / preset they name) into a checked `BuildConfig`, or raise `ConfigError`."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = _SectionsParser(list(SECTIONS.values()))
+    names = sections()
+    parser = _SectionsParser(list(names.values()))
     known = {action.dest for action in parser._actions}
     first = FlagParser(add_help=False)
     first.add_argument("--config")
@@ -185,7 +182,8 @@ def parse_config(argv: list[str] | None = None) -> BuildConfig:
     chosen, _ = parser.parse_known_args(user_tokens)  # the preset and cache dir that YAML and flags chose
     preset = read_preset(chosen.preset, chosen.cache_dir)
     preset_tokens = as_flags(preset, f"--preset {chosen.preset!r}", known)  # first: YAML and flags win
-    cfg = BuildConfig(**dict(zip(SECTIONS, _parse(parser, preset_tokens + user_tokens))))
+    parsed = dict(zip(names, _parse(parser, preset_tokens + user_tokens)))
+    cfg = BuildConfig(**{name: parsed.pop(name) for name in RUN_SECTIONS}, stages=parsed)
     if cfg.rank.keep_top > cfg.caption.num_candidates:
         raise ConfigError(f"--keep_top ({cfg.rank.keep_top}) must not exceed --num_candidates "
                           f"({cfg.caption.num_candidates})")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.config import SECTIONS, BuildConfig, ConfigError, parse_config, save_config
+from builder.config import BuildConfig, ConfigError, parse_config, save_config, sections
 from builder.flag_files import bundled_presets
 from builder.tiny_models import tiny_model_paths
 from map_fns.caption import CaptionConfig
@@ -321,7 +321,7 @@ def test_saved_config_reproduces_values_that_look_like_flags(tmp_path, flag, val
     """Values given as `--flag=value` on the command line can start with a dash; the saved YAML must
     still reproduce them (not drop them, nor read them as another flag)."""
     cfg = parse_config(["--output_dir", str(tmp_path / "out"), f"--{flag}={value}"])
-    section = next(name for name, cls in SECTIONS.items() if flag in {f.name for f in dataclasses.fields(cls)})
+    section = next(name for name, cls in sections().items() if flag in {f.name for f in dataclasses.fields(cls)})
     assert getattr(getattr(cfg, section), flag) == value
     assert _round_trip(cfg, tmp_path / "build_config.yaml") == cfg
 
