@@ -12,10 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Features, Value
 
+from builder.card_inputs import card_inputs
 from builder.config import parse_config
-from builder.schema import output_features
+from builder.source import check_source
 from builder.stats import RunStats, merge_stats
-from builder.writer import chunk_path, write_parquet_atomically
+from dataset_card.inputs import CardInputs
+from output.layout import chunk_path
+from output.schema import output_features
+from output.writer import write_parquet_atomically
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -26,15 +30,21 @@ HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> a
 @dataclass
 class Output:
     path: Path
-    config: dict  # BuildConfig.to_dict() of the run
+    inputs: CardInputs  # what the run hands the card and gallery
     stats: dict  # merge_stats(...) of the run
+
+    @property
+    def config(self) -> dict:
+        """BuildConfig.to_dict() of the run."""
+        return self.inputs.config
 
     def table(self, columns=None):
         return pq.read_table(sorted((self.path / "data").glob("*.parquet")), columns=columns)
 
 
-def _config(output_dir: Path, *flags: str) -> dict:
-    return parse_config(["--output_dir", str(output_dir), *flags]).to_dict()
+def _inputs(output_dir: Path, *flags: str) -> CardInputs:
+    cfg = parse_config(["--output_dir", str(output_dir), *flags])
+    return card_inputs(cfg, check_source(cfg.source))
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +57,7 @@ def built(tmp_path_factory, tiny_models) -> Output:
     proc = subprocess.run([sys.executable, "build.py", "--output_dir", str(output), *flags],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return Output(output, _config(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
+    return Output(output, _inputs(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
 
 
 def url_row(url: str, text: str, status: str = "ok", error: str | None = None, caption: str = "a red square",
@@ -70,7 +80,7 @@ def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int 
     stats = RunStats()
     stats.add({"status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
     stats.save(path / "stats" / "rank-00000.json")
-    return Output(path, _config(path, *flags), merge_stats([path / "stats" / "rank-00000.json"]))
+    return Output(path, _inputs(path, *flags), merge_stats([path / "stats" / "rank-00000.json"]))
 
 
 @pytest.fixture

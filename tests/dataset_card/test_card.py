@@ -21,7 +21,7 @@ PLOTS = ("caption_words", "first_ranker", "second_ranker")
 @pytest.fixture(scope="module")
 def card(built):
     """The card write_card makes of the build (over the one the run wrote)."""
-    write_card(built.path, built.config, built.stats)
+    write_card(built.path, built.inputs, built.stats)
     return DatasetCard.load(built.path / "README.md")
 
 
@@ -127,7 +127,7 @@ def test_schema_lists_every_column_with_its_type(card, built):
 
 
 def test_error_reasons_counted_and_untrusted_text_inert(url_output):
-    write_card(url_output.path, url_output.config, url_output.stats)
+    write_card(url_output.path, url_output.inputs, url_output.stats)
     card = DatasetCard.load(url_output.path / "README.md")
     assert card.data.source_datasets == ["someone/some-dataset"]
     table = url_output.table(["status", "error"]).to_pylist()
@@ -152,6 +152,6 @@ def test_size_category(rows, category):
 
 def test_an_output_without_rows_still_gets_a_card(built, tmp_path):
     stats = {"rows": 0, "statuses": {}, "errors": {}, "stage_seconds": {}, "reused_rows": 0, "wall_seconds": 0.0}
-    write_card(tmp_path, built.config, stats)
+    write_card(tmp_path, built.inputs, stats)
     card = DatasetCard.load(tmp_path / "README.md")
     assert card.data.get("dataset_info") is None and "rows: **0**" in card.text

@@ -6,6 +6,7 @@ import io
 import re
 import shutil
 import subprocess
+from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
@@ -41,7 +42,7 @@ def thumbnails(text: str) -> list[Image.Image]:
 
 
 def test_embedded_images_become_small_inline_thumbnails(built):
-    path = write_gallery(built.path, built.config)
+    path = write_gallery(built.path, built.inputs)
     assert path == built.path / "gallery.html"
     text = path.read_text()
     page = Page(text)
@@ -57,12 +58,12 @@ def test_embedded_images_become_small_inline_thumbnails(built):
 
 
 def test_no_gallery_when_zero_rows_asked(built):
-    config = {**built.config, "publish": {**built.config["publish"], "gallery_rows": 0}}
-    assert write_gallery(built.path, config) is None
+    inputs = replace(built.inputs, gallery_rows=0)
+    assert write_gallery(built.path, inputs) is None
 
 
 def test_url_rows_are_refetched_and_a_dead_link_gets_a_placeholder(url_output, image_server):
-    text = write_gallery(url_output.path, url_output.config).read_text()
+    text = write_gallery(url_output.path, url_output.inputs).read_text()
     page = Page(text)
     assert page.rows == 3  # the ok rows only, though 10 were asked for
     assert len(page.images) == 2 and page.placeholders == 1
@@ -74,7 +75,7 @@ def test_url_rows_are_refetched_and_a_dead_link_gets_a_placeholder(url_output, i
 
 
 def test_untrusted_text_is_escaped(url_output):
-    text = write_gallery(url_output.path, url_output.config).read_text()
+    text = write_gallery(url_output.path, url_output.inputs).read_text()
     page = Page(text)
     assert page.scripts == 1 and len(page.images) == 2 and page.external == []
     assert "&lt;script&gt;" in text and HOSTILE not in text
@@ -89,7 +90,7 @@ def chromium(*args: str, tmp_path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("which", ["built", "url_output"])
 def test_a_real_browser_renders_every_row_and_decodes_every_thumbnail(which, request, tmp_path):
     output = request.getfixturevalue(which)
-    path = write_gallery(output.path, output.config)
+    path = write_gallery(output.path, output.inputs)
     expected = Page(path.read_text())
     dom = chromium("--dump-dom", path.as_uri(), tmp_path=tmp_path / "profile").stdout
     rendered = Page(dom)

@@ -16,13 +16,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from builder.config import ConfigError
+from dataset_card.thumbnails import thumbnails
+from map_fns.fetch import FetchConfig
+from map_fns.images import one_line
+from output.layout import CHUNK_GLOB
+from output.reader import output_chunks
 from tools.human_eval.errors import HumanEvalError
 from tools.human_eval.rows import HumanCaptions, pick_rated_rows
 from tools.human_eval.store import HUMAN, MACHINE, Item, RatingStore
 from tools.references import load_references
-from dataset_card.output_files import output_chunks
-from dataset_card.thumbnails import thumbnails
-from map_fns.images import one_line
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ def choose_items(settings: EvalSettings, fetch: dict) -> list[Item]:
     try:
         chunks = output_chunks(settings.dataset)
         if not chunks:
-            raise HumanEvalError(f"{settings.dataset!r} holds no data/train-*.parquet: not a finished output")
+            raise HumanEvalError(f"{settings.dataset!r} holds no {CHUNK_GLOB}: not a finished output")
         rows = pick_rated_rows(chunks, human, settings.items, settings.seed)
     except HumanEvalError:
         raise
@@ -80,7 +82,7 @@ def choose_items(settings: EvalSettings, fetch: dict) -> list[Item]:
         wanted = f"a reference in {settings.references!r}" if settings.references else repr(settings.human_column)
         raise HumanEvalError(f"no row of {settings.dataset!r} has status 'ok', a top_caption and a non-blank {wanted}")
     images = [row.image for row in rows] if any(row.image for row in rows) else None
-    shown = thumbnails([row.url for row in rows], images, fetch, side=DISPLAY_SIDE)
+    shown = thumbnails([row.url for row in rows], images, FetchConfig(**fetch), side=DISPLAY_SIDE)
     items, missing = [], []
     for row, (picture, why_not) in zip(rows, shown, strict=True):
         if picture is None:
