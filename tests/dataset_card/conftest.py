@@ -70,10 +70,14 @@ def url_row(url: str, text: str, status: str = "ok", error: str | None = None, c
             "status": status, "error": error, "image_width": 64 if ok else None, "image_height": 48 if ok else None}
 
 
-def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int = 100) -> Output:
+URL_SOURCE = Features({"URL": Value("string"), "TEXT": Value("string")})
+
+
+def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int = 100,
+                 source_features: Features = URL_SOURCE) -> Output:
     """An output folder as a run leaves it, card aside: `rows` in chunks from the project's chunk writer, and
     the run's stats and config (`flags` as on the command line)."""
-    features = output_features(Features({"URL": Value("string"), "TEXT": Value("string")}))
+    features = output_features(source_features)
     for chunk, start in enumerate(range(0, len(rows), rows_per_chunk)):
         table = pa.Table.from_pylist(rows[start:start + rows_per_chunk], schema=features.arrow_schema)
         write_parquet_atomically(table, chunk_path(path, 0, chunk))

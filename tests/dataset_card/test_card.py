@@ -54,6 +54,13 @@ def test_yaml_round_trips_with_the_fields_the_hub_and_load_dataset_read(card, bu
     assert datasets.Features._from_yaml_list(data.dataset_info["features"]) == parquet_features
 
 
+def test_the_source_is_named_by_the_run_and_the_bundled_sample_by_its_file_name(card, url_output):
+    assert "8 source rows from `sample.parquet`, re-captioned" in card.text  # no path of the building machine
+    write_card(url_output.path, url_output.inputs, url_output.stats)
+    linked = "[`someone/some-dataset`](https://huggingface.co/datasets/someone/some-dataset)"
+    assert f"5 source rows from {linked}, re-captioned" in (url_output.path / "README.md").read_text()
+
+
 def test_the_file_names_alone_make_every_chunk_the_train_split(card, built):
     """What the Hub and `datasets` do without `configs`: split by file name, over everything in the folder."""
     patterns = get_data_patterns(built.path.as_posix())

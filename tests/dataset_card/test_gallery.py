@@ -10,10 +10,12 @@ from dataclasses import replace
 from html.parser import HTMLParser
 
 import pytest
+from datasets import Features
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from dataset_card.gallery import write_gallery
-from tests.dataset_card.conftest import HOSTILE
+from tests.dataset_card.conftest import HOSTILE, URL_SOURCE, url_row, write_output
 
 DATA_URI = re.compile(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"')
 
@@ -72,6 +74,20 @@ def test_url_rows_are_refetched_and_a_dead_link_gets_a_placeholder(url_output, i
     for query in ("/img/jpeg_rgb?gallery=1", "/img/png_rgba?gallery=2", "/404?gallery=3"):
         assert image_server.count(query) == 1
     assert image_server.count("/404?gallery=4") == 0  # a row that failed in the run is not shown
+
+
+@pytest.mark.parametrize("source, read", [((), True), (("--source", "someone/some-dataset"), False)])
+def test_image_cells_naming_local_files_are_read_only_for_a_local_source(tmp_path, source, read):
+    """As in the run: a Hub dataset whose image cells name paths must not make the gallery read (and publish) this
+    machine's files."""
+    picture = tmp_path / "picture.png"
+    Image.new("RGB", (40, 30), "red").save(picture)
+    row = {**url_row("http://example.invalid/a.png", "a red picture"), "image": {"bytes": None, "path": str(picture)}}
+    output = write_output(tmp_path / "out", [row], *source, source_features=Features({**URL_SOURCE, "image": ImageFeature()}))
+    text = write_gallery(output.path, output.inputs).read_text()
+    assert [image.size for image in thumbnails(text)] == ([(40, 30)] if read else [])
+    assert Page(text).placeholders == (0 if read else 1)
+    assert read or "local files are read only for a local source" in text
 
 
 def test_untrusted_text_is_escaped(url_output):
