@@ -14,7 +14,7 @@ from builder.config import BuildConfig, ConfigError, parse_config
 from builder.hub import PushError, check_can_push
 from builder.interrupt import RunInterrupted
 from builder.source import ResolvedSource, check_source, source_rows
-from builder.validate import ViewerCheckError, chunk_files_problem
+from output.viewer import ViewerCheckError, chunk_files_problem
 
 
 def check_before_work(cfg: BuildConfig) -> ResolvedSource:

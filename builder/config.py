@@ -15,12 +15,12 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from builder.durable import write_text_durably
 from builder.flag_files import as_flags, bundled_presets, preset_file, read_flag_file, read_preset
 
 from map_fns.flags import ConfigError, FlagParser, at_least, require
 from map_fns.precision import PRECISIONS, check_precision
 from map_fns.registry import STAGES
+from output.durable import write_text_durably
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "laion-coco-builder")
 

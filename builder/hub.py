@@ -16,13 +16,11 @@ from pathlib import Path
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
 from builder.config import ConfigError
+from output.layout import CARD, PUSHED_DATA, PUSHED_FINAL
 
 log = logging.getLogger(__name__)
 
 FILES_PER_COMMIT = 100  # the Hub's recommended largest commit; bigger ones risk timing out
-DATA_PATTERNS = ("data/train-*.parquet",)  # finished chunks only: never `.train-*.tmp`, never progress/
-FINAL_PATTERNS = ("build_config.yaml", "stats/rank-*.json", "plots/*.png", "gallery.html")  # never a .*.tmp
-CARD = "README.md"
 
 
 class PushError(RuntimeError):
@@ -50,7 +48,7 @@ def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revisi
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
         if revision:
             api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
-        patterns = DATA_PATTERNS + FINAL_PATTERNS if final else DATA_PATTERNS
+        patterns = PUSHED_DATA + PUSHED_FINAL if final else PUSHED_DATA
         pushed = _commit(api, output_dir, patterns, repo_id, revision,
                          "Add data files" if final else "Add finished chunks", files_per_commit, skip)
         if final:

@@ -1,9 +1,9 @@
 """Picking a run up where it stopped: what each process has durably written, and whether the run is the same.
 
-After each chunk is on disk a process rewrites its record `progress/rank-RRRRR.json`: chunks and rows
+After each chunk is on disk a process rewrites its record (`output.layout.rank_record_path`): chunks and rows
 written so far and the statistics of exactly those rows. Re-running the same command skips the recorded rows
 of the source and continues; a kill loses at most the chunk in flight. The first run also records its
-settings (`progress/run.json`); a re-run whose settings would change results is refused, naming them.
+settings (`output.layout.run_record_path`); a re-run whose settings would change results is refused, naming them.
 """
 
 from __future__ import annotations
@@ -15,17 +15,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from builder.config import BuildConfig, ConfigError
-from builder.durable import write_json_durably
+from output.durable import write_json_durably
+from output.layout import DATA_DIR, RECORDS, RUN_OUTPUTS, rank_record_path, run_record_path, served_parquet_files
 
 logger = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
 # Settings that change how a run goes, never what it writes; everything else but the publish section (card,
 # gallery, push) must match to resume.
 OPERATIONAL = {"output_dir", "config", "overwrite", "prefetch_batches", "decode_threads", "fetch_concurrency",
                "recent_downloads_bytes", "cache_dir"}
-# What a run writes into its output folder; --overwrite removes these and nothing else.
-RUN_OUTPUTS = ("data", "progress", "stats", "README.md", "build_config.yaml")
 
 
 @dataclass
@@ -38,21 +36,13 @@ class RankRecord:
     stats: dict = field(default_factory=dict)
 
 
-def progress_dir(output_dir: Path) -> Path:
-    return Path(output_dir) / "progress"
-
-
-def record_path(output_dir: Path, rank: int) -> Path:
-    return progress_dir(output_dir) / f"rank-{rank:05d}.json"
-
-
 def load_record(output_dir: Path, rank: int) -> RankRecord:
-    path = record_path(output_dir, rank)
+    path = rank_record_path(output_dir, rank)
     return RankRecord(**json.loads(path.read_text())) if path.exists() else RankRecord()
 
 
 def save_record(output_dir: Path, rank: int, record: RankRecord) -> None:
-    write_json_durably(record_path(output_dir, rank), asdict(record))
+    write_json_durably(rank_record_path(output_dir, rank), asdict(record))
 
 
 def run_settings(cfg: BuildConfig, world_size: int) -> dict:
@@ -70,8 +60,8 @@ def start_or_resume(output_dir: Path, cfg: BuildConfig, world_size: int, overwri
     if overwrite:
         remove_run_outputs(output_dir, RUN_OUTPUTS)
     current = run_settings(cfg, world_size)
-    run_file = progress_dir(output_dir) / RUN_FILE
-    has_rows = any((output_dir / "data").glob("*.parquet"))
+    run_file = run_record_path(output_dir)
+    has_rows = bool(served_parquet_files(output_dir))
     if run_file.exists():
         previous = json.loads(run_file.read_text())
         changed = [key for key in sorted(previous.keys() | current.keys()) if previous.get(key) != current.get(key)]
@@ -82,9 +72,9 @@ def start_or_resume(output_dir: Path, cfg: BuildConfig, world_size: int, overwri
             raise ConfigError(f"--output_dir {output_dir} holds a run with other settings ({differences}); "
                               "run the same command to resume it, or add --overwrite to start over")
         logger.info("%s: an earlier attempt with other settings wrote no rows; starting over", output_dir)
-        remove_run_outputs(output_dir, ("progress", "stats"))
+        remove_run_outputs(output_dir, RECORDS)
     elif has_rows:
-        raise ConfigError(f"--output_dir {output_dir} holds data/*.parquet from a run that did not record its "
+        raise ConfigError(f"--output_dir {output_dir} holds {DATA_DIR}/*.parquet from a run that did not record its "
                           "settings; add --overwrite to start over")
     write_json_durably(run_file, current)
 

@@ -16,26 +16,28 @@ from pathlib import Path
 
 from accelerate import PartialState
 
+from builder.card_inputs import card_inputs
 from builder.cli import agree_on
 from builder.config import BuildConfig, save_config
 from builder.hub import push_output
 from builder.interrupt import RunInterrupted, stop_on_signals
-from builder.output_lock import output_lock
 from builder.prefetch import map_ahead
 from builder.progress import RankProgress
 from builder.resume import RankRecord, load_record, save_record, start_or_resume
 from builder.reuse import ResultReuse
-from builder.schema import OUTPUT_COLUMNS, output_features
 from builder.resolve import check_hub_dataset, check_models
 from builder.source import ResolvedSource, check_hub_columns, open_stream
 from builder.stats import RunStats, format_stats, merge_stats
-from builder.validate import check_viewer_ready
-from builder.writer import ChunkWriter, remove_leftovers
 from dataset_card.card import write_card
 from dataset_card.gallery import write_gallery
 from map_fns.registry import STAGES, check_chain
 from map_fns.stage import ROW_KEY, StageContext, as_declared
 from map_fns.status import FETCH_ERROR
+from output.layout import config_path, stats_files, stats_path
+from output.lock import output_lock
+from output.schema import OUTPUT_COLUMNS, output_features
+from output.viewer import check_viewer_ready
+from output.writer import ChunkWriter, remove_leftovers
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +149,11 @@ def write_and_publish(cfg: BuildConfig, source: ResolvedSource, state: PartialSt
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    merged = merge_stats(sorted((output_dir / "stats").glob("rank-*.json")))
-    save_config(cfg, output_dir / "build_config.yaml")
-    write_card(output_dir, cfg.to_dict(), merged)
-    write_gallery(output_dir, cfg.to_dict())
+    merged = merge_stats(stats_files(output_dir))
+    save_config(cfg, config_path(output_dir))
+    inputs = card_inputs(cfg, source)
+    write_card(output_dir, inputs, merged)
+    write_gallery(output_dir, inputs)
     logger.info("done: %s\n%s", output_dir, format_stats(merged))
     if cfg.publish.push_to_hub:
         check_viewer_ready(output_dir)
@@ -169,7 +172,7 @@ def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, r
     parts = skip_rows(parts, record.rows)
     stats = RunStats(record.stats)
     outputs = parts[:-1] + [captioned(parts[-1], source_features, cfg, state.device, stats,
-                                      read_local_files=source.hub_id is None)]
+                                      read_local_files=source.read_local_files)]
 
     started, earlier_seconds = time.monotonic(), stats.active_seconds
     pushed: set[str] = set()  # files this run's --push_every pushes have sent
@@ -230,4 +233,4 @@ def skip_rows(parts: list, count: int) -> list:
 
 
 def save_stats(output_dir: Path, rank: int, stats: RunStats) -> None:
-    stats.save(output_dir / "stats" / f"rank-{rank:05d}.json")
+    stats.save(stats_path(output_dir, rank))

@@ -18,10 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from builder.config import ConfigError, SourceConfig
-from map_fns.stage import ROW_KEY
-from builder.schema import OUTPUT_COLUMNS
 from map_fns.fetch import image_source
 from map_fns.images import one_line
+from map_fns.stage import ROW_KEY
+from output.layout import CHUNK_GLOB, chunk_files
+from output.schema import OUTPUT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,18 @@ class ResolvedSource:
     previous_output: bool = False  # an earlier run's output, for --retry_failed
     rows: int | None = None  # in all the files, from their footers; None for a Hub dataset
 
+    @property
+    def shown_name(self) -> str:
+        """The source as the card names it: as given, but the bundled sample by its file name (a path of the
+        machine that ran the build means nothing to a reader)."""
+        return Path(self.name).name if self.name == bundled_sample() else self.name
+
+    @property
+    def read_local_files(self) -> bool:
+        """Whether image cells naming local files may be read: for a local source only (a Hub dataset must not
+        make us read, and publish, the machine's files)."""
+        return self.hub_id is None
+
 
 @dataclass(frozen=True)
 class ColumnMap:
@@ -69,9 +82,9 @@ class ColumnMap:
 def find_parquet_files(cfg: SourceConfig) -> ResolvedSource:
     """The parquet files a local source names (unchecked), or its Hub id; raise `ConfigError` if neither."""
     if cfg.retry_failed:
-        files = sorted(glob.glob(str(Path(cfg.retry_failed).expanduser() / "data" / "train-*.parquet")))
+        files = [str(path) for path in chunk_files(Path(cfg.retry_failed).expanduser())]
         if not files:
-            raise ConfigError(f"--retry_failed {cfg.retry_failed!r} holds no data/train-*.parquet to retry")
+            raise ConfigError(f"--retry_failed {cfg.retry_failed!r} holds no {CHUNK_GLOB} to retry")
         return ResolvedSource(name=cfg.retry_failed, parquet_files=files, previous_output=True)
     source = cfg.source or bundled_sample()
     path = Path(source).expanduser()

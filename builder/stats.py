@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from builder.durable import write_json_durably
+from output.durable import write_json_durably
 
 # Parts of an error message that name one host, address, port or size: counted per row they would make
 # millions of distinct "reasons" on a web-scale run, so they are folded into placeholders.

@@ -12,17 +12,18 @@ import jinja2
 import yaml
 from huggingface_hub import DatasetCard
 
-from builder.durable import write_durably
-from builder.source import bundled_sample
 from dataset_card.columns import schema_rows
 from dataset_card.examples import sample_examples
+from dataset_card.inputs import CardInputs
 from dataset_card.metadata import card_data, output_features
-from dataset_card.output_files import count_rows, data_files
 from dataset_card.plots import write_plots
 from dataset_card.provenance import models_used
 from dataset_card.shown_text import shorten
 from dataset_card.summary import CaptionSummary, summarise
 from map_fns.registry import STAGES
+from output.durable import write_durably
+from output.layout import card_path, chunk_files
+from output.reader import count_rows
 
 TEMPLATE = "card_template.md"
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|])")
@@ -74,22 +75,23 @@ def error_rows(errors: dict[str, int], shown: int = MAX_ERROR_REASONS) -> tuple[
     return ranked[:shown], len(rest), sum(count for _, count in rest)
 
 
-def render_card(output_dir: Path, config: dict, stats: dict) -> str:
+def render_card(output_dir: Path, inputs: CardInputs, stats: dict) -> str:
     """The card's text; writes its plots under `output_dir/plots/` on the way."""
     output_dir = Path(output_dir)
-    features = output_features(output_dir) if data_files(output_dir) else None  # no files: no process had rows
+    features = output_features(output_dir) if chunk_files(output_dir) else None  # no files: no process had rows
     summary = summarise(output_dir)
     rows = stats["rows"]
     ok_rows = stats["statuses"].get("ok", 0)
-    data = card_data(config, count_rows(output_dir), features)
+    config = inputs.config
+    data = card_data(inputs, count_rows(output_dir), features)
     return _environment().get_template(TEMPLATE).render(
         card_data=data.to_yaml(),
         pretty_name=data.pretty_name,
         config=config,
         config_yaml=yaml.safe_dump(config, sort_keys=False).rstrip(),
-        source_hub_id=(data.source_datasets or [None])[0],
-        source_name=config["source"]["source"] or config["source"]["retry_failed"] or Path(bundled_sample()).name,
-        load_path=config["publish"]["push_to_hub"] or "path/to/output_dir",
+        source_hub_id=inputs.source_hub_id,
+        source_name=inputs.source_name,
+        load_path=inputs.push_to_hub or "path/to/output_dir",
         models=models_used(config),
         recipe=recipe(config),
         stats=stats,
@@ -100,12 +102,12 @@ def render_card(output_dir: Path, config: dict, stats: dict) -> str:
         throughput=rows / stats["wall_seconds"] if stats.get("wall_seconds") else None,
         distributions=distributions(summary),
         plots=write_plots(output_dir, summary),
-        examples=sample_examples(output_dir, config["publish"]["card_examples"]),
+        examples=sample_examples(output_dir, inputs.card_examples),
         schema=schema_rows(features) if features else [],
     )
 
 
-def write_card(output_dir: Path, config: dict, stats: dict) -> None:
+def write_card(output_dir: Path, inputs: CardInputs, stats: dict) -> None:
     """Write `output_dir/README.md` (and `output_dir/plots/`), replacing the old card whole or not at all;
-    `config` is `BuildConfig.to_dict()`, `stats` `merge_stats(...)`'s dict."""
-    write_durably(Path(output_dir) / "README.md", DatasetCard(render_card(output_dir, config, stats)).save)
+    `stats` is `merge_stats(...)`'s dict."""
+    write_durably(card_path(output_dir), DatasetCard(render_card(output_dir, inputs, stats)).save)

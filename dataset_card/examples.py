@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dataset_card.output_files import pick_ok_rows
+from output.reader import pick_ok_rows
 
 COLUMNS = ["URL", "TEXT", "top_caption", "top_caption_raw", "all_captions", "all_similarities", "rerank_similarities"]
 

@@ -16,9 +16,8 @@ from datasets import DatasetInfo, Features
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
-from builder.config import ConfigError, SourceConfig
-from builder.source import find_parquet_files
-from dataset_card.output_files import read_schema
+from dataset_card.inputs import CardInputs
+from output.reader import read_schema
 
 DEFAULT_PRETTY_NAME = "Re-captioned images (LAION-COCO method)"
 # The Hub's size_categories values: (upper bound, label), the last one open-ended.
@@ -32,28 +31,19 @@ def size_category(rows: int) -> str:
     return next(label for bound, label in SIZE_CATEGORIES if bound is None or rows < bound)
 
 
-def source_hub_id(config: dict) -> str | None:
-    """The source's Hub dataset id, when the rows came from the Hub (not a local file or the bundled sample)."""
-    try:
-        return find_parquet_files(SourceConfig(**config["source"])).hub_id
-    except (ConfigError, ValueError):  # a local source that has since moved: not a Hub id either way
-        return None
-
-
 def output_features(output_dir: Path) -> Features:
     """The features `datasets` will load, from the parquet schema (and the feature types stored in it)."""
     return Features.from_arrow_schema(read_schema(output_dir))
 
 
-def card_data(config: dict, rows: int, features: Features | None) -> DatasetCardData:
+def card_data(inputs: CardInputs, rows: int, features: Features | None) -> DatasetCardData:
     """The YAML header for an output of `rows` rows with `features` (None: no parquet, no `dataset_info`)."""
-    source = source_hub_id(config)
     data = DatasetCardData(
-        license=config["publish"]["license"],
-        pretty_name=config["publish"]["pretty_name"] or DEFAULT_PRETTY_NAME,
+        license=inputs.license,
+        pretty_name=inputs.pretty_name or DEFAULT_PRETTY_NAME,
         task_categories=["image-to-text"],
         size_categories=[size_category(rows)],
-        source_datasets=[source] if source else None,
+        source_datasets=[inputs.source_hub_id] if inputs.source_hub_id else None,
     )
     if features is not None:
         DatasetInfosDict({"default": DatasetInfo(features=features)}).to_dataset_card_data(data)

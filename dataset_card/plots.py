@@ -11,10 +11,9 @@ matplotlib.use("Agg")  # files only: never look for a display, even on a desktop
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from builder.durable import write_durably  # noqa: E402
 from dataset_card.summary import CaptionSummary, Histogram  # noqa: E402
-
-PLOTS_DIR = "plots"
+from output.durable import write_durably  # noqa: E402
+from output.layout import plot_link, plots_dir  # noqa: E402
 
 
 def plot_histogram(histogram: Histogram, path: Path, title: str, xlabel: str) -> None:
@@ -41,10 +40,10 @@ def write_plots(output_dir: Path, summary: CaptionSummary) -> dict[str, str]:
         "second_ranker": (summary.second_ranker, "Second ranker: similarity of the chosen caption",
                           "cosine similarity"),
     }
-    (Path(output_dir) / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    plots_dir(output_dir).mkdir(parents=True, exist_ok=True)
     links = {}
     for name, (histogram, title, xlabel) in wanted.items():
         if histogram.n:
-            links[name] = f"{PLOTS_DIR}/{name}.png"
+            links[name] = plot_link(name)
             plot_histogram(histogram, Path(output_dir) / links[name], title, xlabel)
     return links

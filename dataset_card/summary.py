@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dataset_card.output_files import iter_batches
 from map_fns.status import OK
+from output.reader import iter_batches
 
 SIMILARITY_BINS = np.linspace(-1.0, 1.0, 401)  # cosine similarities, 0.005 wide
 COLUMNS = ["status", "top_caption", "all_similarities", "rerank_similarities"]

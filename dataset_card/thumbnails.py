@@ -28,14 +28,14 @@ def data_uri(image: Image.Image, side: int = THUMBNAIL_SIDE) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def thumbnails(urls: list[str | None], images: list | None, fetch: dict, side: int = THUMBNAIL_SIDE,
+def thumbnails(urls: list[str | None], images: list | None, fetch: FetchConfig, side: int = THUMBNAIL_SIDE,
                read_local_files: bool = False) -> list[tuple[str | None, str | None]]:
     """(data URI or None, why not) per row; `images` is the rows' `image` cells (None: the output has none),
-    `fetch` the run's `fetch` config section, `side` the longest side of a thumbnail in pixels;
+    `fetch` the run's fetch settings, `side` the longest side of a thumbnail in pixels;
     `read_local_files` as for `make_fetch_fn` (only for an output of a local source)."""
     if not urls:
         return []
     batch = {"URL": urls, **({"image": images} if images is not None else {})}
-    fetched = make_fetch_fn(FetchConfig(**fetch), read_local_files=read_local_files)(batch)
+    fetched = make_fetch_fn(fetch, read_local_files=read_local_files)(batch)
     return [(data_uri(image, side), None) if status == OK else (None, f"{status}: {error}")
             for status, error, image in zip(fetched["status"], fetched["error"], fetched["_image"], strict=True)]

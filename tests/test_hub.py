@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
-from builder.output_lock import LOCK_FILE
+from output.layout import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 PUSH = """

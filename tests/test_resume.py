@@ -198,7 +198,7 @@ def test_a_signal_stops_within_seconds_with_a_resumable_state(sources, tmp_path,
 @pytest.mark.timeout(300)
 def test_a_run_into_a_folder_in_use_is_refused_once_and_writes_nothing(source, tmp_path, tiny_models):
     output = tmp_path / "out"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom builder.output_lock import output_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom output.lock import output_lock\n"
                                "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(120)\n",
                                str(output)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:

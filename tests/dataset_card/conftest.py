@@ -12,10 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Features, Value
 
+from builder.card_inputs import card_inputs
 from builder.config import parse_config
-from builder.schema import output_features
+from builder.source import check_source
 from builder.stats import RunStats, merge_stats
-from builder.writer import chunk_path, write_parquet_atomically
+from dataset_card.inputs import CardInputs
+from output.layout import chunk_path
+from output.schema import output_features
+from output.writer import write_parquet_atomically
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -26,15 +30,21 @@ HOSTILE = '<script>document.title="pwned"</script><img src=x onerror=alert(1)> a
 @dataclass
 class Output:
     path: Path
-    config: dict  # BuildConfig.to_dict() of the run
+    inputs: CardInputs  # what the run hands the card and gallery
     stats: dict  # merge_stats(...) of the run
+
+    @property
+    def config(self) -> dict:
+        """BuildConfig.to_dict() of the run."""
+        return self.inputs.config
 
     def table(self, columns=None):
         return pq.read_table(sorted((self.path / "data").glob("*.parquet")), columns=columns)
 
 
-def _config(output_dir: Path, *flags: str) -> dict:
-    return parse_config(["--output_dir", str(output_dir), *flags]).to_dict()
+def _inputs(output_dir: Path, *flags: str) -> CardInputs:
+    cfg = parse_config(["--output_dir", str(output_dir), *flags])
+    return card_inputs(cfg, check_source(cfg.source))
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +57,7 @@ def built(tmp_path_factory, tiny_models) -> Output:
     proc = subprocess.run([sys.executable, "build.py", "--output_dir", str(output), *flags],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return Output(output, _config(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
+    return Output(output, _inputs(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
 
 
 def url_row(url: str, text: str, status: str = "ok", error: str | None = None, caption: str = "a red square",
@@ -60,17 +70,21 @@ def url_row(url: str, text: str, status: str = "ok", error: str | None = None, c
             "status": status, "error": error, "image_width": 64 if ok else None, "image_height": 48 if ok else None}
 
 
-def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int = 100) -> Output:
+URL_SOURCE = Features({"URL": Value("string"), "TEXT": Value("string")})
+
+
+def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int = 100,
+                 source_features: Features = URL_SOURCE) -> Output:
     """An output folder as a run leaves it, card aside: `rows` in chunks from the project's chunk writer, and
     the run's stats and config (`flags` as on the command line)."""
-    features = output_features(Features({"URL": Value("string"), "TEXT": Value("string")}))
+    features = output_features(source_features)
     for chunk, start in enumerate(range(0, len(rows), rows_per_chunk)):
         table = pa.Table.from_pylist(rows[start:start + rows_per_chunk], schema=features.arrow_schema)
         write_parquet_atomically(table, chunk_path(path, 0, chunk))
     stats = RunStats()
     stats.add({"status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
     stats.save(path / "stats" / "rank-00000.json")
-    return Output(path, _config(path, *flags), merge_stats([path / "stats" / "rank-00000.json"]))
+    return Output(path, _inputs(path, *flags), merge_stats([path / "stats" / "rank-00000.json"]))
 
 
 @pytest.fixture

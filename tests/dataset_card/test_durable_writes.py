@@ -2,37 +2,42 @@
 for real, past a file-size limit, as on a full disk) leaves the previous file as it was, and no temp file."""
 
 import json
+import pickle
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
-from builder.output_lock import LOCK_FILE
 from dataset_card.card import render_card, write_card
 from dataset_card.gallery import render_gallery, write_gallery
+from dataset_card.inputs import CardInputs
+from output.layout import LOCK_FILE
 from tests.dataset_card.conftest import ENV, REPO, Output, url_row, write_output
 
 # Writes past `limit` bytes into any one file fail with EFBIG (SIGXFSZ ignored, so the write raises instead of
 # killing the process). The limit is set after the imports, so that only the write under test meets it.
 WRITE_UNDER_LIMIT = """
-import json, resource, signal, sys
+import json, pickle, resource, signal, sys
 from dataset_card.card import write_card
 from dataset_card.gallery import write_gallery
 what, output, limit = sys.argv[1], sys.argv[2], int(sys.argv[5])
-config, stats = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+inputs, stats = pickle.loads(bytes.fromhex(sys.argv[3])), json.loads(sys.argv[4])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-write_card(output, config, stats) if what == "card" else write_gallery(output, config)
+write_card(output, inputs, stats) if what == "card" else write_gallery(output, inputs)
 """
 
 
 def write_under_limit(what: str, output, limit: int) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", WRITE_UNDER_LIMIT, what, str(output.path), json.dumps(output.config),
-                           json.dumps(output.stats), str(limit)],
+    return subprocess.run([sys.executable, "-c", WRITE_UNDER_LIMIT, what, str(output.path),
+                           pickle.dumps(output.inputs).hex(), json.dumps(output.stats), str(limit)],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
 
 
-def renamed(config: dict, pretty_name: str) -> dict:
-    return {**config, "publish": {**config["publish"], "pretty_name": pretty_name}}
+def renamed(inputs: CardInputs, pretty_name: str) -> CardInputs:
+    config = inputs.config
+    return replace(inputs, pretty_name=pretty_name,
+                   config={**config, "publish": {**config["publish"], "pretty_name": pretty_name}})
 
 
 def hidden_files(folder) -> list:
@@ -49,10 +54,10 @@ def long_output(path) -> Output:
 
 def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
     output = long_output(tmp_path / "out")
-    write_card(output.path, renamed(output.config, "The previous card"), output.stats)
+    write_card(output.path, renamed(output.inputs, "The previous card"), output.stats)
     previous = (output.path / "README.md").read_bytes()
-    output.config = renamed(output.config, "The next card")
-    next_card = len(render_card(output.path, output.config, output.stats).encode())
+    output.inputs = renamed(output.inputs, "The next card")
+    next_card = len(render_card(output.path, output.inputs, output.stats).encode())
     largest_plot = max(path.stat().st_size for path in output.path.glob("plots/*.png"))
     limit = (largest_plot + next_card) // 2
     assert largest_plot < limit < next_card  # the plots fit, the card does not
@@ -65,7 +70,7 @@ def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
 
 def test_a_plot_write_cut_off_by_a_full_disk_leaves_the_previous_plots(tmp_path):
     output = long_output(tmp_path / "out")
-    write_card(output.path, output.config, output.stats)
+    write_card(output.path, output.inputs, output.stats)
     previous = {path: path.read_bytes() for path in output.path.glob("plots/*.png")}
     assert len(previous) == 3
 
@@ -76,11 +81,11 @@ def test_a_plot_write_cut_off_by_a_full_disk_leaves_the_previous_plots(tmp_path)
 
 
 def test_a_gallery_write_cut_off_by_a_full_disk_leaves_the_previous_gallery(built, tmp_path):
-    output = Output(shutil.copytree(built.path, tmp_path / "out"), built.config, built.stats)
-    write_gallery(output.path, renamed(output.config, "The previous gallery"))
+    output = Output(shutil.copytree(built.path, tmp_path / "out"), built.inputs, built.stats)
+    write_gallery(output.path, renamed(output.inputs, "The previous gallery"))
     previous = (output.path / "gallery.html").read_bytes()
-    output.config = renamed(output.config, "The next gallery")
-    next_gallery = len(render_gallery(output.path, output.config).encode())
+    output.inputs = renamed(output.inputs, "The next gallery")
+    next_gallery = len(render_gallery(output.path, output.inputs).encode())
 
     failed = write_under_limit("gallery", output, next_gallery // 2)
     assert failed.returncode != 0 and "File too large" in failed.stderr, failed.stderr[-2000:]

@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -386,7 +386,7 @@ LEGACY_ANSWERS = """CREATE TABLE answers (rater TEXT NOT NULL, item_id TEXT NOT 
 def test_answers_an_older_version_stored_under_typed_names_are_not_counted(output, env, tmp_path, capsys):
     db = tmp_path / "ratings.sqlite"
     store = RatingStore(db)
-    prepare_items(store, EvalSettings(str(output), "TEXT", 0, 10), asdict(FetchConfig()))
+    prepare_items(store, EvalSettings(str(output), "TEXT", 0, 10), FetchConfig())
     store.close()
     with sqlite3.connect(db) as connection:  # what the version without links left: anyone could type 'alice'
         connection.execute(LEGACY_ANSWERS)
@@ -412,7 +412,7 @@ def test_answers_an_older_version_stored_under_typed_names_are_not_counted(outpu
 def test_changed_settings_are_refused(output, tmp_path, capsys):
     db = tmp_path / "ratings.sqlite"
     store = RatingStore(db)
-    prepare_items(store, EvalSettings(str(output), "TEXT", 0, 4), asdict(FetchConfig()))
+    prepare_items(store, EvalSettings(str(output), "TEXT", 0, 4), FetchConfig())
     store.close()
     assert sorted({row for row, *_ in _db_items(db).values()}) == pick_rows(USABLE, 4, 0)
     for flag, value in (("--seed", "1"), ("--items", "5"), ("--human_column", "top_caption"),
@@ -453,7 +453,7 @@ def test_url_rows_are_fetched_and_unfetchable_ones_skipped(image_server, tmp_pat
     paths = ["/img/jpeg_rgb?he=1", "/404?he=2", "/img/png_rgb?he=3"]
     rows = [{"URL": image_server.url(path), "TEXT": f"human {i}", "top_caption": f"machine {i}", "status": "ok"}
             for i, path in enumerate(paths)]
-    fetch = asdict(FetchConfig(allow_networks="127.0.0.0/8", fetch_retries=0))
+    fetch = FetchConfig(allow_networks="127.0.0.0/8", fetch_retries=0)
     items = choose_items(EvalSettings(str(_write_output(tmp_path / "output", rows)), "TEXT", 0, 10), fetch)
     assert sorted((item.row_index, item.kind, item.caption) for item in items) == [
         (0, HUMAN, "human 0"), (0, MACHINE, "machine 0"), (2, HUMAN, "human 2"), (2, MACHINE, "machine 2")]
@@ -468,11 +468,11 @@ def test_human_captions_can_come_from_references_by_url(output, tmp_path):
                           '{"url": "http://example.invalid/6.png", "captions": ["ref six"]}\n'
                           '{"url": "http://example.invalid/2.png", "captions": ["a row that is not ok"]}\n')
     settings = EvalSettings(str(output), "TEXT", 0, 10, str(references))
-    items = choose_items(settings, asdict(FetchConfig()))
+    items = choose_items(settings, FetchConfig())
     assert sorted((item.row_index, item.kind) for item in items) == [(0, HUMAN), (0, MACHINE), (6, HUMAN), (6, MACHINE)]
     human = {item.row_index: item.caption for item in items if item.kind == HUMAN}
     assert human[0] in ("ref zero a", "ref zero b") and human[6] == "ref six"
-    assert {item.caption for item in choose_items(settings, asdict(FetchConfig())) if item.row_index == 0
+    assert {item.caption for item in choose_items(settings, FetchConfig()) if item.row_index == 0
             and item.kind == HUMAN} == {human[0]}  # the seed picks the same reference every time
     assert settings.as_meta()["references"] == str(references.resolve())
 
@@ -487,7 +487,7 @@ def test_an_output_pushed_to_the_hub_gives_the_same_items_as_the_folder(output, 
     with serving(hub_server.env(), tmp_path / "serve.log", "--dataset", "user/rated", "--db", str(db),
                  "--items", "4"):
         pass
-    local = choose_items(EvalSettings(str(output), "TEXT", 0, 4), asdict(FetchConfig()))
+    local = choose_items(EvalSettings(str(output), "TEXT", 0, 4), FetchConfig())
     assert sorted(map(tuple, _db_items(db).values())) == sorted((i.row_index, i.kind, i.caption, i.thumbnail)
                                                               for i in local)
 

@@ -14,7 +14,6 @@ import asyncio
 import logging
 import sys
 import urllib.parse
-from dataclasses import asdict
 from pathlib import Path
 
 from tools.human_eval.errors import HumanEvalError
@@ -99,7 +98,7 @@ def serve_command(args: argparse.Namespace) -> None:
     store = RatingStore(args.db)
     try:
         settings = EvalSettings(args.dataset, args.human_column, args.seed, args.items, args.references)
-        prepare_items(store, settings, asdict(FetchConfig(allow_networks=args.allow_networks)))
+        prepare_items(store, settings, FetchConfig(allow_networks=args.allow_networks))
         asyncio.run(serve(store, args.host, args.port, args.raters))
     finally:
         store.close()

@@ -16,13 +16,15 @@ from pathlib import Path
 import pyarrow as pa
 
 from builder.config import ConfigError
+from dataset_card.thumbnails import thumbnails
+from map_fns.fetch import FetchConfig
+from map_fns.images import one_line
+from output.layout import CHUNK_GLOB
+from output.reader import output_chunks
 from tools.human_eval.errors import HumanEvalError
 from tools.human_eval.rows import HumanCaptions, pick_rated_rows
 from tools.human_eval.store import HUMAN, MACHINE, Item, RatingStore
 from tools.references import load_references
-from dataset_card.output_files import output_chunks
-from dataset_card.thumbnails import thumbnails
-from map_fns.images import one_line
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,9 @@ class EvalSettings:
         return {key: str(value) for key, value in values.items()}
 
 
-def prepare_items(store: RatingStore, settings: EvalSettings, fetch: dict) -> None:
+def prepare_items(store: RatingStore, settings: EvalSettings, fetch: FetchConfig) -> None:
     """Reuse the items `store` holds, refusing other settings; on first start choose and store them.
-    `fetch` is a `map_fns.fetch.FetchConfig` as a dict."""
+    `fetch`: the fetch settings images come with."""
     wanted, stored = settings.as_meta(), store.meta()
     if stored:
         for key, value in wanted.items():
@@ -64,13 +66,13 @@ def prepare_items(store: RatingStore, settings: EvalSettings, fetch: dict) -> No
     log.info("stored %d items (%d rows) from %s in %s", len(items), len(items) // 2, settings.dataset, store.path)
 
 
-def choose_items(settings: EvalSettings, fetch: dict) -> list[Item]:
+def choose_items(settings: EvalSettings, fetch: FetchConfig) -> list[Item]:
     """Two items per picked row whose image could be fetched, with fresh opaque ids."""
     human = human_captions(settings)
     try:
         chunks = output_chunks(settings.dataset)
         if not chunks:
-            raise HumanEvalError(f"{settings.dataset!r} holds no data/train-*.parquet: not a finished output")
+            raise HumanEvalError(f"{settings.dataset!r} holds no {CHUNK_GLOB}: not a finished output")
         rows = pick_rated_rows(chunks, human, settings.items, settings.seed)
     except HumanEvalError:
         raise

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from tools.human_eval.errors import HumanEvalError
-from dataset_card.output_files import OutputChunk, read_chosen_rows
 from map_fns.status import OK
+from output.reader import OutputChunk, read_chosen_rows
+from tools.human_eval.errors import HumanEvalError
 
 PICTURE_COLUMNS = ("URL", "image")
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from rouge_score.rouge_scorer import RougeScorer
 
-from dataset_card.output_files import iter_batches
 from map_fns.status import OK
+from output.reader import iter_batches
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 COLUMNS = ["URL", "status", "top_caption", "all_similarities"]

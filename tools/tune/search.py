@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.config import BuildConfig, ConfigError, parse_config
-from builder.durable import write_json_durably
 from builder.resume import run_settings
+from output.durable import write_json_durably
 from tools.tune.grid import Point
 from tools.tune.scoring import PointScore, score_output
 

@@ -9,10 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Features, Image, Value
 
-from builder.schema import output_features
 from builder.stats import RunStats, format_stats, merge_stats
-from builder.writer import ChunkWriter, chunk_path, remove_leftovers, write_parquet_atomically
 from map_fns.status import DECODE_ERROR, FETCH_ERROR, INVALID_URL, NO_CAPTION, OK
+from output.layout import chunk_path
+from output.schema import output_features
+from output.writer import ChunkWriter, remove_leftovers, write_parquet_atomically
 
 # DESIGN §3, in its order: the generated columns and their types
 GENERATED = {

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from builder.config import ConfigError
-from builder.output_lock import output_lock
+from output.lock import output_lock
 
 REPO = Path(__file__).resolve().parents[2]
-HOLD = ("import sys, time\nfrom builder.output_lock import output_lock\n"
+HOLD = ("import sys, time\nfrom output.lock import output_lock\n"
         "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(60)\n")
 
 

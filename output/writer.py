@@ -1,6 +1,6 @@
 """Parquet output: each process writes its rows, in stream order, as numbered chunks.
 
-A chunk is written to a hidden temp file, synced and renamed into place, so any `data/train-*.parquet` on disk
+A chunk is written to a hidden temp file, synced and renamed into place, so any chunk on disk (`output.layout`)
 is complete and valid, whatever happens to the process; only then is the chunk reported (`on_chunk`), which
 is when the process's progress record may say it exists.
 """
@@ -13,13 +13,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from builder.durable import write_durably
+from output.durable import write_durably
+from output.layout import chunk_path, chunk_temp_files, chunks_of_rank, data_dir
 
 ROW_GROUP_TARGET_BYTES = 64 * 2**20  # the Hub viewer wants row groups under 100 MB
-
-
-def chunk_path(output_dir: Path, rank: int, chunk: int) -> Path:
-    return output_dir / "data" / f"train-{rank:05d}-{chunk:05d}.parquet"
 
 
 def write_parquet_atomically(table: pa.Table, path: Path) -> None:
@@ -32,10 +29,11 @@ def write_parquet_atomically(table: pa.Table, path: Path) -> None:
 def remove_leftovers(output_dir: Path, rank: int, first_chunk: int) -> None:
     """Delete what an interrupted run of this rank left beyond its record: temp files, and chunks from
     `first_chunk` on (renamed into place, but killed before the record said so)."""
-    data = Path(output_dir) / "data"
-    for leftover in [*data.glob(f".train-{rank:05d}-*.tmp"), *data.glob(f"train-{rank:05d}-*.parquet")]:
-        if leftover.name.startswith(".") or int(leftover.stem.split("-")[2]) >= first_chunk:
-            leftover.unlink()
+    for temp in chunk_temp_files(output_dir, rank):
+        temp.unlink()
+    for chunk, path in chunks_of_rank(output_dir, rank).items():
+        if chunk >= first_chunk:
+            path.unlink()
 
 
 class ChunkWriter:
@@ -52,7 +50,7 @@ class ChunkWriter:
         self.buffered_rows = 0
         self.chunks_written = first_chunk
         self.on_chunk = on_chunk
-        (self.output_dir / "data").mkdir(parents=True, exist_ok=True)
+        data_dir(self.output_dir).mkdir(parents=True, exist_ok=True)
 
     def add(self, batch: dict[str, list]) -> None:
         """Append a columnar batch (extra internal columns are ignored); write a chunk once `rows_per_chunk`

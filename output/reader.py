@@ -14,11 +14,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from map_fns.status import OK
-
-
-def data_files(output_dir: Path) -> list[Path]:
-    """The output's chunks, in (rank, chunk) order."""
-    return sorted((Path(output_dir) / "data").glob("train-*.parquet"))
+from output.layout import CHUNK_GLOB, chunk_files
 
 
 @dataclass(frozen=True)
@@ -36,26 +32,26 @@ class OutputChunk:
 def output_chunks(dataset: str) -> list[OutputChunk]:
     """The chunks of a finished output: a local folder, or a Hub dataset repo id it was pushed to."""
     if Path(dataset).expanduser().is_dir():
-        return [OutputChunk(str(path)) for path in data_files(Path(dataset).expanduser())]
+        return [OutputChunk(str(path)) for path in chunk_files(Path(dataset).expanduser())]
     from huggingface_hub import HfFileSystem
 
     hub = HfFileSystem()
-    return [OutputChunk(path, hub) for path in sorted(hub.glob(f"datasets/{dataset}/data/train-*.parquet"))]
+    return [OutputChunk(path, hub) for path in sorted(hub.glob(f"datasets/{dataset}/{CHUNK_GLOB}"))]
 
 
 def read_schema(output_dir: Path) -> pa.Schema:
     """The one schema every chunk shares (read from the first footer); its metadata carries the features."""
-    return pq.read_schema(data_files(output_dir)[0])
+    return pq.read_schema(chunk_files(output_dir)[0])
 
 
 def count_rows(output_dir: Path) -> int:
     """Rows in the output, from the footers alone."""
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in data_files(output_dir))
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in chunk_files(output_dir))
 
 
 def iter_batches(output_dir: Path, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """Every row of `columns`, a batch at a time, file after file."""
-    for path in data_files(output_dir):
+    for path in chunk_files(output_dir):
         yield from pq.ParquetFile(path).iter_batches(columns=columns)
 
 
@@ -102,6 +98,6 @@ def pick_ok_rows(output_dir: Path, count: int, columns: list[str]) -> list[dict]
             return []
         return sorted(set(np.linspace(0, total - 1, count).round().astype(int).tolist()))
 
-    chunks = [OutputChunk(str(path)) for path in data_files(output_dir)]
+    chunks = [OutputChunk(str(path)) for path in chunk_files(output_dir)]
     return [{name: row[name] for name in columns}
             for _, row in read_chosen_rows(chunks, ["status"], ok_offsets, evenly, columns)]

@@ -19,9 +19,10 @@ from datasets import Features, Value
 from datasets.data_files import DataFilesDict, EmptyDatasetError, get_data_patterns
 from huggingface_hub import DatasetCard
 
+from output.layout import CARD, DATA_DIR, PUSHED_FOLDERS, SPLIT, card_path, served_parquet_files
+
 MAX_ROW_GROUP_BYTES = 100 * 2**20  # uncompressed; the viewer reads a whole row group at a time
 MAX_FILES_PER_FOLDER = 10_000
-PUSHED_FOLDERS = ("data", "plots")
 MAX_NAMED = 20  # locations named per problem line; the rest are counted
 
 
@@ -34,9 +35,9 @@ def check_viewer_ready(output_dir: Path, *, max_row_group_bytes: int = MAX_ROW_G
     """Raise `ViewerCheckError` listing every problem found (and where) in one go, so one fix-up suffices."""
     output_dir = Path(output_dir)
     problems: dict[str, list[str]] = defaultdict(list)  # problem -> offending files (relative paths)
-    data_files = sorted(path for path in (output_dir / "data").glob("*.parquet") if not path.name.startswith("."))
+    data_files = served_parquet_files(output_dir)
     if not data_files:
-        problems["no data files (data/*.parquet)"] = []
+        problems[f"no data files ({DATA_DIR}/*.parquet)"] = []
     first: tuple[str, pa.Schema] | None = None
     for path in data_files:
         name = path.relative_to(output_dir).as_posix()
@@ -85,7 +86,7 @@ def chunk_files_problem(rows: int, world_size: int, rows_per_chunk: int, batch_s
     chunks_per_process = max(1, max_files_per_folder // world_size)
     enough = math.ceil(share / chunks_per_process)
     return (f"{rows:,} rows in chunks of {rows_in_chunk:,} rows on {world_size} process"
-            f"{'es' if world_size > 1 else ''} make about {files:,} files in data/, over the Hub's "
+            f"{'es' if world_size > 1 else ''} make about {files:,} files in {DATA_DIR}/, over the Hub's "
             f"{max_files_per_folder:,} per folder: use --rows_per_chunk {enough:,} or more")
 
 
@@ -133,13 +134,13 @@ def _has_page_index(metadata: pq.FileMetaData) -> bool:
 def _check_card(output_dir: Path, data_files: list[str], problems: dict[str, list[str]]) -> None:
     """README.md parses as the Hub parses it, and its train split (its default config's, else the one file names
     make) covers every data file."""
-    if not (output_dir / "README.md").is_file():
-        problems["README.md is missing"] = []
+    if not card_path(output_dir).is_file():
+        problems[f"{CARD} is missing"] = []
         return
     try:
-        card = DatasetCard.load(output_dir / "README.md")
+        card = DatasetCard.load(card_path(output_dir))
     except (yaml.YAMLError, ValueError, OSError) as error:  # bad YAML, a block that is not a mapping, bad bytes
-        problems[f"README.md YAML is not valid: {' '.join(str(error).split())}"] = []
+        problems[f"{CARD} YAML is not valid: {' '.join(str(error).split())}"] = []
         return
     configs = [config for config in card.data.get("configs") or [] if isinstance(config, dict)]
     config = next((c for c in configs if c.get("config_name") == "default"), configs[0] if configs else None)
@@ -148,7 +149,7 @@ def _check_card(output_dir: Path, data_files: list[str], problems: dict[str, lis
         return
     patterns = _train_patterns(config.get("data_files"))
     if unmatched := [name for name in data_files if not any(_glob_match(name, p) for p in patterns)]:
-        problem = f"README.md config {config.get('config_name')!r} train data_files {patterns} do not match"
+        problem = f"{CARD} config {config.get('config_name')!r} train data_files {patterns} do not match"
         problems[problem].extend(unmatched)
 
 
@@ -160,12 +161,12 @@ def _check_split_by_name(output_dir: Path, data_files: list[str], problems: dict
     except EmptyDatasetError:
         found = {}
     named = {split: [Path(file).relative_to(output_dir).as_posix() for file in files] for split, files in found.items()}
-    if unmatched := [name for name in data_files if name not in named.get("train", [])]:
-        problems["README.md has no configs, and these names do not make the file part of the train split"].extend(
+    if unmatched := [name for name in data_files if name not in named.get(SPLIT, [])]:
+        problems[f"{CARD} has no configs, and these names do not make the file part of the train split"].extend(
             unmatched)
     for split, files in named.items():
-        if split != "train":
-            problems[f"README.md has no configs, and these names make a {split} split"].extend(files)
+        if split != SPLIT:
+            problems[f"{CARD} has no configs, and these names make a {split} split"].extend(files)
 
 
 def _train_patterns(data_files) -> list[str]:
@@ -176,7 +177,7 @@ def _train_patterns(data_files) -> list[str]:
     for entry in data_files or []:
         if isinstance(entry, str):
             patterns.append(entry)
-        elif isinstance(entry, dict) and entry.get("split") == "train":
+        elif isinstance(entry, dict) and entry.get("split") == SPLIT:
             path = entry.get("path") or []
             patterns += [path] if isinstance(path, str) else list(path)
     return patterns

@@ -11,11 +11,14 @@ import pytest
 from datasets import Features, Image, Value
 from huggingface_hub import DatasetCard
 
-from builder.schema import output_features
-from builder.validate import MAX_ROW_GROUP_BYTES, ViewerCheckError, check_viewer_ready, chunk_files_problem
-from builder.writer import ROW_GROUP_TARGET_BYTES, chunk_path, write_parquet_atomically
+from builder.card_inputs import card_inputs
 from builder.config import parse_config
+from builder.source import check_source
 from dataset_card.card import write_card
+from output.layout import chunk_path
+from output.schema import output_features
+from output.viewer import MAX_ROW_GROUP_BYTES, ViewerCheckError, check_viewer_ready, chunk_files_problem
+from output.writer import ROW_GROUP_TARGET_BYTES, write_parquet_atomically
 
 SOURCE = Features({"URL": Value("string"), "TEXT": Value("string"), "image": Image(), "punsafe": Value("float32")})
 IMAGE_BYTES = b"\x89PNG" + bytes(range(256)) * 256  # big enough that the writer keeps no min/max for it
@@ -36,7 +39,8 @@ def good_output(output_dir: Path, chunks: int = 2) -> Path:
     (output_dir / "data").mkdir(parents=True)
     for chunk in range(chunks):
         write_parquet_atomically(output_table(), chunk_path(output_dir, 0, chunk))
-    write_card(output_dir, parse_config(["--output_dir", str(output_dir)]).to_dict(), STATS)
+    cfg = parse_config(["--output_dir", str(output_dir)])
+    write_card(output_dir, card_inputs(cfg, check_source(cfg.source)), STATS)
     return output_dir
 
 

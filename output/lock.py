@@ -1,9 +1,10 @@
 """One run per output folder at a time.
 
 Two runs writing one folder would interleave chunks, records and card (and once shared temp file names). The
-main process holds an exclusive `flock` on `OUTPUT_DIR/.lock` while its run lasts; the kernel drops the lock when
-the process ends, however it ends, so a killed run never leaves the folder locked. The file names the holder, for
-the error line a second run gets. (On NFS, Linux maps `flock` to a lock every client sees.)
+main process holds an exclusive `flock` on the folder's lock file (`output.layout.LOCK_FILE`) while its run lasts;
+the kernel drops the lock when the process ends, however it ends, so a killed run never leaves the folder locked.
+The file names the holder, for the error line a second run gets. (On NFS, Linux maps `flock` to a lock every
+client sees.)
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from builder.config import ConfigError
-
-LOCK_FILE = ".lock"
+from map_fns.flags import ConfigError
+from output.layout import lock_path
 
 
 @contextmanager
@@ -27,7 +27,7 @@ def output_lock(output_dir: Path) -> Iterator[None]:
     holds it already."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(lock_path(output_dir), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
