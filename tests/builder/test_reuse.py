@@ -13,7 +13,6 @@ from PIL import Image
 import build
 import map_fns.blip_decode
 from builder.reuse import ResultReuse
-from builder.run import chained
 from builder.stats import RunStats
 from map_fns.caption import CaptionConfig, make_caption_fn
 from map_fns.rank import RankConfig, make_rank_fn
@@ -164,8 +163,8 @@ def test_real_caption_and_rank_give_the_same_results_with_one_caption_run_per_ke
         return real(model, pixel_values, *args, **kwargs)
 
     monkeypatch.setattr(map_fns.blip_decode, "sample_candidate_ids", counting)  # before the stage imports it
-    stages = chained([make_caption_fn(CaptionConfig(captioner=tiny_models.captioner), "cpu"),
-                      make_rank_fn(RankConfig(ranker=tiny_models.ranker), "cpu")])
+    caption = make_caption_fn(CaptionConfig(captioner=tiny_models.captioner), "cpu")
+    rank = make_rank_fn(RankConfig(ranker=tiny_models.ranker), "cpu")
     rng = np.random.default_rng(3)
     image_of = {key: Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for key in "abc"}
     keys = ["a", "b", "a", "c", "a", "b"]
@@ -173,21 +172,29 @@ def test_real_caption_and_rank_give_the_same_results_with_one_caption_run_per_ke
     batch = {"_row_key": keys, "_image": [image_of[k] for k in keys], "status": statuses,
              "error": [None if s == OK else "boom" for s in statuses]}
 
-    without_reuse = stages(batch)
+    without_reuse = _one_after_another([caption, rank], batch)
     assert sum(images_seen) == 5
     images_seen.clear()
     stats = RunStats()
-    reuse = ResultReuse(on_reused=stats.add_reused)
-    with_reuse = reuse.wrap(stages)(batch)
+    reuse = [ResultReuse(on_reused=stats.add_reused), ResultReuse()]  # one per stage, as the run wraps them
+    with_reuse = _one_after_another([reuse[0].wrap(caption), reuse[1].wrap(rank)], batch)
     assert sum(images_seen) == 3
     _assert_same_results(with_reuse, without_reuse)
     assert all(with_reuse["_candidates"][i] for i in (0, 1, 2, 3, 5)) and with_reuse["_candidates"][4] is None
     assert stats.reused_rows == 2
 
     images_seen.clear()
-    again = reuse.wrap(stages)(batch)  # every ok key remembered now: the captioner does not run
+    again = _one_after_another([reuse[0].wrap(caption), reuse[1].wrap(rank)], batch)  # every ok key remembered now
     assert sum(images_seen) == 0
     _assert_same_results(again, without_reuse)
+
+
+def _one_after_another(stages, batch: dict) -> dict:
+    """The batch through `stages` in order, each seeing the columns the earlier ones wrote (as chained maps do)."""
+    batch = dict(batch)
+    for stage in stages:
+        batch.update(stage(batch))
+    return batch
 
 
 def _assert_same_results(got: dict, expected: dict) -> None:
