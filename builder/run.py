@@ -35,7 +35,7 @@ from map_fns.stage import ROW_KEY, StageContext, as_declared
 from map_fns.status import FETCH_ERROR
 from output.layout import config_path, stats_files, stats_path
 from output.lock import output_lock
-from output.schema import OUTPUT_COLUMNS, output_features
+from output.schema import generated_columns, output_features
 from output.viewer import check_viewer_ready
 from output.writer import ChunkWriter, remove_leftovers
 
@@ -89,8 +89,9 @@ def captioned(rows, source_columns, cfg: BuildConfig, device, stats: RunStats, r
 def split_retry(source_features, rows):
     """For --retry_failed: (rows carried over as they are, fetch_error rows stripped of their old results)."""
     carried = rows.filter(lambda row: row["status"] != FETCH_ERROR)
-    retried = rows.filter(lambda row: row["status"] == FETCH_ERROR).remove_columns(list(OUTPUT_COLUMNS))
-    features = {name: feature for name, feature in source_features.items() if name not in OUTPUT_COLUMNS}
+    generated = generated_columns()
+    retried = rows.filter(lambda row: row["status"] == FETCH_ERROR).remove_columns(list(generated))
+    features = {name: feature for name, feature in source_features.items() if name not in generated}
     return features, carried, retried
 
 

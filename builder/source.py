@@ -22,7 +22,7 @@ from map_fns.fetch import image_source
 from map_fns.images import one_line
 from map_fns.stage import ROW_KEY
 from output.layout import CHUNK_GLOB, chunk_files
-from output.schema import OUTPUT_COLUMNS
+from output.schema import generated_columns
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class ColumnMap:
         renames = {src: dst for src, dst in ((self.url, "URL"), (self.text, "TEXT"), (self.image, IMAGE_COLUMN))
                    if src and src != dst}
         if not keep_generated:
-            renames |= {column: f"source_{column}" for column in columns if column in OUTPUT_COLUMNS}
+            generated = generated_columns()
+            renames |= {column: f"source_{column}" for column in columns if column in generated}
         return renames
 
 
