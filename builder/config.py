@@ -10,17 +10,16 @@ import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
+from builder.tasks import DEFAULT_ROWS_PER_TASK
 from builder.flag_files import as_flags, bundled_presets, preset_file, read_flag_file, read_preset
 
-from map_fns.flags import ConfigError, FlagParser, at_least, require
+from map_fns.flags import ConfigError, FlagParser, above, at_least, require
 from map_fns.precision import PRECISIONS, check_precision
 from map_fns.registry import STAGES
-from output.durable import write_text_durably
 
 DEFAULT_CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "laion-coco-builder")
 
@@ -52,7 +51,11 @@ class SourceConfig:
 
 @dataclass
 class RunConfig:
-    output_dir: str = field(default=None, metadata={"help": "Where data/*.parquet and README.md go (required)."})
+    output_dir: str = field(
+        default=None,
+        metadata={"help": "Where data/*.parquet and README.md go (required): a folder, or an fsspec URL such as "
+                          "s3://bucket/run (pip install 'laion-coco-builder[s3]')."},
+    )
     preset: str = field(
         default="laion-coco",
         metadata={"help": f"A bundled preset ({' | '.join(bundled_presets())}) or a YAML file of flag values, e.g. "
@@ -72,6 +75,16 @@ class RunConfig:
     rows_per_chunk: int = field(
         default=10_000, metadata={"help": "Rows per output parquet file, rounded up to whole batches."}
     )
+    rows_per_task: int = field(
+        default=DEFAULT_ROWS_PER_TASK,
+        metadata={"help": "Rows per task, the unit of work workers take (whole parquet row groups where they fit); "
+                          "fixed for the run by its first attempt."},
+    )
+    lease_seconds: float = field(
+        default=300.0,
+        metadata={"help": "A task whose worker stopped renewing its lease for this long is taken over by a live "
+                          "worker (keep the workers' clocks in sync to within a small part of it)."},
+    )
     prefetch_batches: int = field(default=4, metadata={"help": "Fetched batches kept ready ahead of the models."})
     cache_dir: str = field(
         default=DEFAULT_CACHE_DIR,
@@ -86,8 +99,9 @@ class RunConfig:
         if not self.output_dir:
             raise ConfigError("--output_dir is required")
         preset_file(self.preset)
-        for name in ("batch_size", "rows_per_chunk", "prefetch_batches"):
+        for name in ("batch_size", "rows_per_chunk", "rows_per_task", "prefetch_batches"):
             at_least(self, name, 1)
+        above(self, "lease_seconds", 0)
         at_least(self, "model_batch_size", 0)
         check_precision(self.precision)
 
@@ -190,9 +204,9 @@ def parse_config(argv: list[str] | None = None) -> BuildConfig:
     return cfg
 
 
-def save_config(cfg: BuildConfig, path: Path) -> None:
-    """The resolved config beside the output: re-running with `--config` on it reproduces the run."""
+def config_text(cfg: BuildConfig) -> str:
+    """The resolved config as YAML, saved beside the output: re-running with `--config` on it reproduces the run."""
     flat = {key: value for section in cfg.to_dict().values() for key, value in section.items()}
     flat.pop("config")
     flat.pop("overwrite")  # a saved config must never wipe a folder when reused
-    write_text_durably(path, yaml.safe_dump(flat, sort_keys=False))
+    return yaml.safe_dump(flat, sort_keys=False)

@@ -1,7 +1,8 @@
 """Stopping cleanly when the scheduler says so: Slurm and spot instances send SIGTERM, a user presses Ctrl-C.
 
-The first signal only asks the write loop to stop after the batch in hand: chunks already on disk and the
-progress record stay consistent, the rows since the last chunk are computed again on resume. A second
+The first signal only asks the write loop to stop after the batch in hand: chunks already written and the task's
+progress record stay consistent, the rows since the last chunk are computed again when the task is taken up again
+(its lease expires, or the same worker comes back). A second
 signal stops at once.
 """
 
@@ -36,7 +37,7 @@ class StopRequest:
 
 
 @contextmanager
-def stop_on_signals(rank: int) -> Iterator[StopRequest]:
+def stop_on_signals(worker: str) -> Iterator[StopRequest]:
     """While inside, SIGTERM and SIGINT set the yielded request instead of killing the process."""
     request = StopRequest()
 
@@ -44,7 +45,7 @@ def stop_on_signals(rank: int) -> Iterator[StopRequest]:
         if request:
             raise KeyboardInterrupt  # asked twice: stop now
         request.signum = signum
-        logger.warning("rank %d: %s received, stopping after the batch in hand", rank, signal.Signals(signum).name)
+        logger.warning("worker %s: %s received, stopping after the batch in hand", worker, signal.Signals(signum).name)
 
     previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
     try:

@@ -1,8 +1,10 @@
-"""One build: this process's share of the source, through every stage, into parquet chunks.
+"""One worker: take unfinished tasks until none is left, run each through every stage into parquet chunks.
 
-The registered stages (`map_fns.registry.STAGES`) are chained as one `IterableDataset.map(batched=True)` each, so
-nothing is materialised: rows flow from the stream through fetch, caption, rank, rerank and repair into the
-writer one batch at a time.
+Any number of workers may run at once, started by any launcher (accelerate, torchrun, a Slurm array, by hand on
+several machines); they agree on who does what through the output location alone (`builder.claims`). The
+registered stages (`map_fns.registry.STAGES`) are chained as one `IterableDataset.map(batched=True)` each, so
+nothing is materialised: rows flow from a task's stream through fetch, caption, rank, rerank and repair into the
+writer one batch at a time. The models load once per worker, when it first takes a task.
 With --retry_failed the source is an earlier output: its fetch_error rows go through the stages again and
 every other row is carried over as it was.
 """
@@ -10,34 +12,32 @@ every other row is carried over as it was.
 from __future__ import annotations
 
 import logging
+import os
 import time
-from contextlib import ExitStack
-from pathlib import Path
+from collections.abc import Callable
+from functools import cached_property
 
-from accelerate import PartialState
-
-from builder.card_inputs import card_inputs
-from builder.cli import agree_on
-from builder.config import BuildConfig, save_config
+from builder.claims import Board, Heartbeat, worker_id
+from builder.cli import is_main_process
+from builder.config import BuildConfig, config_text
+from builder.finish import finish_once
 from builder.hub import push_output
-from builder.interrupt import RunInterrupted, stop_on_signals
+from builder.interrupt import RunInterrupted, StopRequest, stop_on_signals
 from builder.prefetch import map_ahead
-from builder.progress import RankProgress
-from builder.resume import RankRecord, load_record, save_record, start_or_resume
-from builder.reuse import ResultReuse
+from builder.progress import WorkerProgress
 from builder.resolve import check_hub_dataset, check_models
-from builder.source import ResolvedSource, check_hub_columns, open_stream
-from builder.stats import RunStats, format_stats, merge_stats
-from dataset_card.card import write_card
-from dataset_card.gallery import write_gallery
+from builder.resume import TaskProgress, load_progress, save_progress, start_or_join
+from builder.reuse import ResultReuse
+from builder.source import ResolvedSource, check_hub_columns, open_stream, plan_tasks
+from builder.stats import RunStats
+from builder.tasks import Task
 from map_fns.registry import STAGES, check_chain
-from map_fns.stage import ROW_KEY, StageContext, as_declared
+from map_fns.stage import ROW_KEY, Stage, StageContext, as_declared
 from map_fns.status import FETCH_ERROR
-from output.layout import config_path, stats_files, stats_path
-from output.lock import output_lock
+from output.layout import CONFIG_FILE, lease_name
 from output.schema import generated_columns, output_features
-from output.viewer import check_viewer_ready
-from output.writer import ChunkWriter, remove_leftovers
+from output.store import OutputStore
+from output.writer import ChunkWriter
 
 logger = logging.getLogger(__name__)
 
@@ -46,38 +46,46 @@ TINY_WARNING = (
     "!! --preset tiny: tiny RANDOM models. Captions are noise. For smoke runs and tests only.\n"
     + "!" * 78
 )
+IDLE_POLL_SECONDS = (1.0, 30.0)  # bounds of how often an idle worker looks again (a tenth of --lease_seconds)
 
 
-def join_processes() -> PartialState:
-    """This process's place among the ones `accelerate launch` (or torchrun) started, with log lines that
-    say which process wrote them."""
+def this_process_device():
+    """The GPU `accelerate launch` / torchrun assigned this process (LOCAL_RANK), else the CPU. No process
+    group is formed: workers never talk to each other, so none waits on a lost peer."""
     import torch
 
-    # cpu=True on GPU-less machines makes torchrun's processes one gloo group; otherwise each would think
-    # it is alone and read every row.
-    state = PartialState(cpu=not torch.cuda.is_available())
-    logging.basicConfig(format=f"%(asctime)s rank{state.process_index} %(name)s: %(message)s")
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def start_logging(worker: str) -> None:
+    logging.basicConfig(format=f"%(asctime)s {worker} %(name)s: %(message)s")
     for package in ("builder", "map_fns", "tools"):
         logging.getLogger(package).setLevel(logging.INFO)
-    return state
 
 
-def captioned(rows, source_columns, cfg: BuildConfig, device, stats: RunStats, read_local_files: bool):
-    """`rows` through every registered stage, one batched `datasets` map each.
+def load_stages(cfg: BuildConfig, device, read_local_files: bool) -> list[tuple[Stage, Callable]]:
+    """Every registered stage's batched function, its model loaded once, its output checked against its
+    declaration. Image cells naming local files are read only with `read_local_files` (a local source: a Hub
+    dataset must not make us read and publish the machine's files)."""
+    context = StageContext(device, cfg.run.precision, cfg.run.model_batch_size, read_local_files)
+    return [(stage, as_declared(stage, stage.load(getattr(cfg, stage.name), context))) for stage in STAGES]
+
+
+def captioned(rows, source_columns, stages: list[tuple[Stage, Callable]], cfg: BuildConfig, stats: RunStats):
+    """`rows` through every stage, one batched `datasets` map each.
 
     The fetch stage runs ahead in a background thread (`--prefetch_batches`) so downloads overlap the model
-    stages; each stage loads its model once and adds its seconds to `stats`; each stage's output columns are
-    checked against its declaration. Rows whose key (image hash, else URL) an earlier row of this process had
-    reuse that row's results instead of running the models again. Image cells naming local files are read only
-    with `read_local_files` (a local source: a Hub dataset must not make us read and publish the machine's
-    files).
+    stages; each stage adds its seconds to `stats`. Rows whose key (image hash, else URL) an earlier row of the
+    same task had reuse that row's results instead of running the models again (within a task only, so a
+    task's output never depends on which tasks its worker ran before).
     """
-    check_chain(STAGES, set(source_columns) | {ROW_KEY})
+    check_chain([stage for stage, _ in stages], set(source_columns) | {ROW_KEY})
     size = cfg.run.batch_size
-    context = StageContext(device, cfg.run.precision, cfg.run.model_batch_size, read_local_files)
     counts_reuse = True  # the first reusing stage counts the rows it copies; later ones copy the same rows
-    for stage in STAGES:
-        fn = stats.timed(stage.name, as_declared(stage, stage.load(getattr(cfg, stage.name), context)))
+    for stage, loaded in stages:
+        fn = stats.timed(stage.name, loaded)
         if stage.reuse:
             fn = ResultReuse(on_reused=stats.add_reused if counts_reuse else lambda count: None).wrap(fn)
             counts_reuse = False
@@ -95,130 +103,6 @@ def split_retry(source_features, rows):
     return features, carried, retried
 
 
-def build(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict | None:
-    """Run (or resume) this process's share; the main process returns the merged stats once all are done.
-
-    Raises `ConfigError` (in every process) when the output folder is in use or holds a different run,
-    `RunInterrupted` on SIGTERM/SIGINT.
-    """
-    if cfg.run.preset == "tiny":
-        from builder.tiny_models import build_tiny_models
-
-        with state.main_process_first():
-            build_tiny_models(cfg.run.cache_dir)
-    with ExitStack() as held:  # the main process holds the output folder until the run ends
-        agree_on(state, lambda: claim_output(cfg, source, state.num_processes, held))
-        if cfg.run.preset == "tiny" and state.is_main_process:
-            logger.warning(TINY_WARNING)
-        return write_and_publish(cfg, source, state)
-
-
-def claim_output(cfg: BuildConfig, source: ResolvedSource, world_size: int, held: ExitStack) -> None:
-    """Main process, before anything is written: the models and a Hub source resolve (metadata only, one process
-    asking the Hub), then the output folder is taken for this run alone (the lock stays in `held`), and the run
-    starts in it or finds the earlier attempt to resume."""
-    check_models(cfg)
-    if source.hub_id:
-        check_hub_dataset(source.hub_id, cfg.source.source_split)
-        check_hub_columns(source, cfg.source)
-    output_dir = Path(cfg.run.output_dir)
-    held.enter_context(output_lock(output_dir))
-    start_or_resume(output_dir, cfg, world_size, cfg.run.overwrite)
-
-
-def write_and_publish(cfg: BuildConfig, source: ResolvedSource, state: PartialState) -> dict | None:
-    """This process's rows into chunks; once every process is done, the main one writes the card and gallery
-    and pushes, returning the merged stats."""
-    output_dir = Path(cfg.run.output_dir)
-    rank = state.process_index
-    record = load_record(output_dir, rank)
-    if record.rows and not record.done:
-        logger.info("rank %d: resuming after %d rows in %d chunks", rank, record.rows, record.chunks)
-    try:
-        remove_leftovers(output_dir, rank, record.chunks)
-        if not record.done:
-            write_share(cfg, source, state, record)
-    except RunInterrupted:
-        raise
-    except Exception:
-        kept = load_record(output_dir, rank)  # what a re-run will resume from
-        logger.exception("rank %d failed; the %d rows (%d chunks) it recorded are kept: run the same command "
-                         "again to resume", rank, kept.rows, kept.chunks)
-        raise
-    save_stats(output_dir, rank, RunStats(record.stats))
-
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return None
-    merged = merge_stats(stats_files(output_dir))
-    save_config(cfg, config_path(output_dir))
-    inputs = card_inputs(cfg, source)
-    write_card(output_dir, inputs, merged)
-    write_gallery(output_dir, inputs)
-    logger.info("done: %s\n%s", output_dir, format_stats(merged))
-    if cfg.publish.push_to_hub:
-        check_viewer_ready(output_dir)
-        push_output(output_dir, cfg.publish.push_to_hub, private=cfg.publish.private, revision=cfg.publish.revision)
-    return merged
-
-
-def write_share(cfg: BuildConfig, source: ResolvedSource, state: PartialState, record: RankRecord) -> None:
-    """This process's rows after the recorded ones, through the stages into chunks; the record follows each."""
-    output_dir, rank = Path(cfg.run.output_dir), state.process_index
-    source_features, rows = open_stream(source, cfg.source, rank, state.num_processes)
-    parts = [rows]
-    if source.previous_output:
-        source_features, carried, retried = split_retry(source_features, rows)
-        parts = [carried, retried]
-    parts = skip_rows(parts, record.rows)
-    stats = RunStats(record.stats)
-    outputs = parts[:-1] + [captioned(parts[-1], source_features, cfg, state.device, stats,
-                                      read_local_files=source.read_local_files)]
-
-    started, earlier_seconds = time.monotonic(), stats.active_seconds
-    pushed: set[str] = set()  # files this run's --push_every pushes have sent
-
-    def chunk_written(chunk) -> None:
-        stats.add({"status": chunk.column("status").to_pylist(), "error": chunk.column("error").to_pylist()})
-        stats.active_seconds = earlier_seconds + time.monotonic() - started
-        record.chunks, record.rows, record.stats = record.chunks + 1, record.rows + chunk.num_rows, stats.to_dict()
-        save_record(output_dir, rank, record)
-        if state.is_main_process and cfg.publish.push_every and record.chunks % cfg.publish.push_every == 0:
-            pushed.update(push_finished_chunks(cfg, pushed))
-
-    writer = ChunkWriter(output_dir, rank, output_features(source_features), cfg.run.rows_per_chunk,
-                         first_chunk=record.chunks, on_chunk=chunk_written)
-    progress = RankProgress(rank, state.num_processes, cfg.source.max_samples, show_bar=state.is_main_process,
-                            done=record.rows)
-    with stop_on_signals(rank) as stop:
-        for part in outputs:
-            for batch in part.iter(batch_size=cfg.run.batch_size):
-                writer.add(batch)
-                progress.update(batch["status"])
-                if stop:
-                    progress.close()
-                    raise RunInterrupted(stop.signum, f"rank {rank} stopped with {record.chunks} chunks "
-                                         f"({record.rows} rows) written to {output_dir}; run the same command "
-                                         "again to resume")
-    progress.close()
-    writer.close()
-    record.done = True
-    save_record(output_dir, rank, record)
-    logger.info("rank %d wrote %d chunks", rank, record.chunks)
-
-
-def push_finished_chunks(cfg: BuildConfig, pushed: set[str]) -> list[str]:
-    """--push_every: every process's chunks on disk so far, but those `pushed` earlier in this run, go to the
-    Hub while the run goes on; returns the ones pushed now. A chunk not yet recorded may go too: a resumed run
-    rewrites it with the same rows. A failure only warns; the final push sends (and checks) everything."""
-    try:
-        return push_output(Path(cfg.run.output_dir), cfg.publish.push_to_hub, private=cfg.publish.private,
-                           revision=cfg.publish.revision, final=False, skip=pushed)
-    except Exception as err:  # a network hiccup must not stop hours of captioning
-        logger.warning("pushing finished chunks failed, the run goes on (the final push retries): %s", err)
-        return []
-
-
 def skip_rows(parts: list, count: int) -> list:
     """`parts` (streams written one after another) without their first `count` rows in all.
 
@@ -233,5 +117,129 @@ def skip_rows(parts: list, count: int) -> list:
     return kept + [parts[-1].skip(count) if count else parts[-1]]
 
 
-def save_stats(output_dir: Path, rank: int, stats: RunStats) -> None:
-    stats.save(stats_path(output_dir, rank))
+def build(cfg: BuildConfig, source: ResolvedSource, plan: list[Task] | None) -> dict | None:
+    """Join (or start) the run in --output_dir as one worker: work until every task is done, then finish the
+    run if no other worker is finishing it; returns the merged stats if this worker finished it.
+
+    `plan`: the source's tasks when they were cheap to make (a local source); else made here by the first
+    worker. Raises `ConfigError` when the output holds a different run, `RunInterrupted` on SIGTERM/SIGINT.
+    """
+    worker = worker_id()
+    start_logging(worker)
+    if cfg.run.preset == "tiny":
+        from builder.tiny_models import build_tiny_models
+
+        build_tiny_models(cfg.run.cache_dir)
+        if is_main_process():
+            logger.warning(TINY_WARNING)
+    check_models(cfg)
+    if source.hub_id:
+        check_hub_dataset(source.hub_id, cfg.source.source_split)
+        check_hub_columns(source, cfg.source)
+    store = OutputStore(cfg.run.output_dir)
+    tasks = start_or_join(store, cfg, plan, lambda: plan_tasks(source, cfg.source, cfg.run.rows_per_task))
+    store.write_bytes(CONFIG_FILE, config_text(cfg).encode())  # so that `python -m builder.finish` can finish
+    board = Board(store, worker, cfg.run.lease_seconds)
+    with stop_on_signals(worker) as stop:
+        Worker(cfg, source, store, board, tasks, stop).work()
+    return finish_once(store, board, cfg, source, len(tasks))
+
+
+class Worker:
+    """Takes tasks from `board` until every one is done; an idle worker (the rest held by live workers) looks
+    again now and then, and takes over a task whose lease expired."""
+
+    def __init__(self, cfg: BuildConfig, source: ResolvedSource, store: OutputStore, board: Board,
+                 tasks: list[Task], stop: StopRequest):
+        self.cfg, self.source, self.store, self.board, self.tasks, self.stop = cfg, source, store, board, tasks, stop
+        self.progress: WorkerProgress | None = None
+        self.chunks_written = 0
+        self.pushed: set[str] = set()  # files --push_every sent already: never hashed again
+
+    @cached_property
+    def stages(self) -> list[tuple[Stage, Callable]]:
+        """Loaded when first needed: a worker that joins a finished run loads no model."""
+        return load_stages(self.cfg, this_process_device(), self.source.read_local_files)
+
+    def work(self) -> None:
+        numbers = [task.index for task in self.tasks]
+        idle = min(max(self.cfg.run.lease_seconds / 10, IDLE_POLL_SECONDS[0]), IDLE_POLL_SECONDS[1])
+        try:
+            while True:
+                done = self.board.done()
+                if len(done) == len(numbers):
+                    logger.info("every task of %s is done", self.store.location)
+                    return
+                task = self.board.claim(numbers, done)
+                if task is None:
+                    self._check_stop()
+                    time.sleep(idle)  # the rest is held by live workers: take over any whose lease expires
+                    continue
+                self._start_progress(done)
+                with Heartbeat(self.board, lease_name(task)):
+                    self.board.mark_done(task, self.run_task(self.tasks[task]))
+        finally:
+            if self.progress:
+                self.progress.close()
+
+    def _start_progress(self, done: set[int]) -> None:
+        if self.progress is None:
+            rows = [task.rows for task in self.tasks]
+            total = None if None in rows else sum(rows)
+            self.progress = WorkerProgress(self.board.worker, total, show_bar=is_main_process(),
+                                           done=sum(rows[task] or 0 for task in done))
+
+    def _check_stop(self) -> None:
+        if self.stop:
+            raise RunInterrupted(self.stop.signum, f"worker {self.board.worker} stopped; its chunks are in "
+                                 f"{self.store.location}: run the same command again to go on")
+
+    def run_task(self, task: Task) -> dict:
+        """The task's rows after those its progress record holds, through the stages into chunks; the record
+        follows each chunk. Returns the task's final record."""
+        cfg, store = self.cfg, self.store
+        record = load_progress(store, task.index)
+        if record.rows:
+            logger.info("task %d: resuming after %d rows in %d chunks", task.index, record.rows, record.chunks)
+        retrying = self.source.previous_output
+        source_features, rows = open_stream(self.source, cfg.source, task, skip=0 if retrying else record.rows)
+        parts = [rows]
+        if retrying:
+            source_features, carried, retried = split_retry(source_features, rows)
+            parts = skip_rows([carried, retried], record.rows)
+        stats = RunStats(record.stats)
+        outputs = parts[:-1] + [captioned(parts[-1], source_features, self.stages, cfg, stats)]
+        started, earlier_seconds = time.monotonic(), stats.active_seconds
+
+        def chunk_written(chunk) -> None:
+            stats.add({"status": chunk.column("status").to_pylist(), "error": chunk.column("error").to_pylist()})
+            stats.active_seconds = earlier_seconds + time.monotonic() - started
+            record.chunks, record.rows, record.stats = record.chunks + 1, record.rows + chunk.num_rows, stats.to_dict()
+            save_progress(store, task.index, record)
+            self.chunks_written += 1
+            self._push_every()
+
+        writer = ChunkWriter(store, task.index, output_features(source_features), cfg.run.rows_per_chunk,
+                             first_chunk=record.chunks, on_chunk=chunk_written)
+        for part in outputs:
+            for batch in part.iter(batch_size=cfg.run.batch_size):
+                writer.add(batch)
+                self.progress.update(batch["status"])
+                self._check_stop()
+        writer.close()
+        stats.active_seconds = earlier_seconds + time.monotonic() - started
+        logger.info("task %d done: %d rows in %d chunks", task.index, record.rows, record.chunks)
+        return {**vars(TaskProgress(record.chunks, record.rows, stats.to_dict())), "worker": self.board.worker}
+
+    def _push_every(self) -> None:
+        """--push_every: the launch's main process pushes every chunk in the output so far, every N chunks it
+        wrote. A chunk not yet recorded may go too: whoever resumes its task rewrites it with the same rows. A
+        failure only warns; the final push sends (and checks) everything."""
+        publish = self.cfg.publish
+        if not (publish.push_every and is_main_process() and self.chunks_written % publish.push_every == 0):
+            return
+        try:
+            self.pushed.update(push_output(self.store.local_path(), publish.push_to_hub, private=publish.private,
+                                           revision=publish.revision, final=False, skip=self.pushed))
+        except Exception as err:  # a network hiccup must not stop hours of captioning
+            logger.warning("pushing finished chunks failed, the run goes on (the final push retries): %s", err)

@@ -1,8 +1,8 @@
-"""The source: which rows, which columns, and which of them this process reads.
+"""The source: which rows, which columns, and how they are cut into tasks.
 
 `check_source` only looks (a path check and the parquet footers) so that a bad source fails in a second, with one
-line, before any model loads; `open_stream` then streams the rows with `datasets`, renamed to the output's column
-names, and keeps this process's share of them.
+line, before any model loads; `plan_tasks` cuts it into tasks (`builder.tasks`) from the same footers;
+`open_stream` streams one task's rows with `datasets`, renamed to the output's column names.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from builder.config import ConfigError, SourceConfig
+from builder.tasks import Piece, Task, open_parquet, plan_from_footers, plan_from_shards, read_pieces, row_groups
 from map_fns.fetch import image_source
 from map_fns.images import one_line
 from map_fns.stage import ROW_KEY
@@ -30,7 +31,6 @@ URL_COLUMNS = ("URL", "url")
 TEXT_COLUMNS = ("TEXT", "caption", "text")
 IMAGE_COLUMN = "image"
 HUB_ID = re.compile(r"^(?!.*(?:--|\.\.))(?:\w(?:[\w.-]*\w)?/)?\w(?:[\w.-]*\w)?$")  # never ./x, ../x, .x
-SPLIT_BATCH = 1000  # rows per call of the row-by-row split's filter
 
 
 def bundled_sample() -> str:
@@ -47,6 +47,7 @@ class ResolvedSource:
     hub_id: str | None = None
     previous_output: bool = False  # an earlier run's output, for --retry_failed
     rows: int | None = None  # in all the files, from their footers; None for a Hub dataset
+    row_groups: tuple[tuple[int, ...], ...] | None = None  # rows of each file's row groups, from the footers
 
     @property
     def shown_name(self) -> str:
@@ -111,7 +112,7 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
     if found.parquet_files is None:
         return found
     flag = "--retry_failed" if found.previous_output else "--source"
-    kept, empty, rows, first = [], [], 0, None
+    kept, groups, empty, rows, first = [], [], [], 0, None
     for path in found.parquet_files:
         metadata = _footer(path, flag)
         if metadata is None or metadata.num_rows == 0:
@@ -125,13 +126,15 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
             raise ConfigError(f"{flag} file {path!r} has other columns than {first[0]!r} "
                               f"({_schema_difference(first[1], schema)}); a source must have one schema")
         kept.append(path)
+        groups.append(tuple(metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)))
         rows += metadata.num_rows
     if empty:
         logger.warning("%s %r: leaving out %d file(s) without rows: %s", flag, found.name, len(empty),
                        ", ".join(empty[:3]) + (", ..." if len(empty) > 3 else ""))
     if not kept:
         raise ConfigError(f"{flag} {found.name!r} has no rows (its {len(empty)} parquet file(s) are empty)")
-    return ResolvedSource(found.name, kept, previous_output=found.previous_output, rows=rows)
+    return ResolvedSource(found.name, kept, previous_output=found.previous_output, rows=rows,
+                          row_groups=tuple(groups))
 
 
 def _footer(path: str, flag: str) -> pq.FileMetaData | None:
@@ -278,22 +281,36 @@ def valid_utf8(table: pa.Table) -> pa.Table:
     return table
 
 
-def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_size: int):
-    """This process's rows, streamed, with output column names and an internal `_row_key`; and the features the
-    output keeps for them (image features decodable, as the source declared them).
+def plan_tasks(resolved: ResolvedSource, cfg: SourceConfig, rows_per_task: int) -> list[Task]:
+    """The source's tasks (`builder.tasks`): from the footers read by `resolve_source` for local files; for a Hub
+    dataset, from the footers of the parquet files `datasets` resolves for the split (read by byte ranges), or
+    one task per shard when it is not parquet."""
+    if resolved.parquet_files is not None:
+        return plan_from_footers(zip(resolved.parquet_files, resolved.row_groups), rows_per_task, cfg.max_samples)
+    import datasets
+
+    builder = datasets.load_dataset_builder(resolved.hub_id)
+    files = builder.config.data_files.get(cfg.source_split) if builder.config.data_files else None
+    if builder.name == "parquet" and files:
+        footers = ((file, row_groups(open_parquet(file))) for file in files)
+        return plan_from_footers(footers, rows_per_task, cfg.max_samples)
+    if cfg.max_samples is not None:
+        raise ConfigError(f"--max_samples needs a parquet source; {resolved.name!r} is {builder.name}")
+    logger.warning("%s is not parquet: one task per file, and a resumed task re-reads its file up to where it "
+                   "stopped", resolved.name)
+    return plan_from_shards(_load(resolved, cfg).num_shards)
+
+
+def open_stream(resolved: ResolvedSource, cfg: SourceConfig, task: Task, skip: int = 0):
+    """The task's rows after its first `skip`, streamed, with output column names and an internal `_row_key`;
+    and the features the output keeps for them (image features decodable, as the source declared them).
 
     Nothing is decoded: `datasets` would otherwise open every image cell on its own (and fetch a cell whose path is
     a URL, past our address guard and deadline); the fetch stage reads image cells itself.
-
-    Work split: whole shards (files, else parquet row groups) per process when their count divides evenly by the
-    number of processes, else every `world_size`-th row. `--max_samples` keeps the first N rows of the whole
-    source, split row by row, so the result does not depend on the number of processes. The split is applied to
-    the stream itself (not left to `datasets` at iteration time), so a later `.skip(n)` skips n of THIS process's
-    rows, whatever the split.
     """
     import datasets
 
-    stream = _load(resolved, cfg)
+    stream = _task_rows(resolved, cfg, task, skip)
     declared = stream.features
     stream = stream.decode(False)  # first: renames and maps would decode every image cell
     stream = stream.with_format("arrow").map(valid_utf8, batched=True, features=stream.features).with_format(None)
@@ -304,7 +321,6 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_si
     for column, present in (("URL", mapping.url), ("TEXT", mapping.text)):
         if present is None:
             stream = _with_null_string_column(stream, column)
-    stream = this_process_share(stream, cfg.max_samples, rank, world_size)
     output = datasets.Features({renames.get(name, name): feature for name, feature in declared.items()})
     output.update({name: feature for name, feature in stream.features.items() if name not in output})
     has_image = mapping.image is not None
@@ -316,14 +332,31 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, rank: int, world_si
     )
 
 
+def _task_rows(resolved: ResolvedSource, cfg: SourceConfig, task: Task, skip: int):
+    """The task's source rows after its first `skip` as a `datasets` stream: its pieces read straight from the
+    parquet files (seeking, `builder.tasks.read_pieces`), or its shard of the `datasets` stream (skipping)."""
+    import datasets
+    from datasets.iterable_dataset import ArrowExamplesIterable
+
+    if task.shard is not None:
+        stream = _load(resolved, cfg)
+        stream = stream.shard(num_shards=stream.num_shards, index=task.shard)
+        return stream.skip(skip) if skip else stream
+    features = datasets.Features.from_arrow_schema(open_parquet(task.pieces[0].file).schema_arrow)
+    tables = ArrowExamplesIterable(_numbered_tables, {"pieces": task.pieces, "skip": skip})
+    return datasets.IterableDataset(tables, info=datasets.DatasetInfo(features=features))
+
+
+def _numbered_tables(pieces: tuple[Piece, ...], skip: int):
+    """`read_pieces` as the (key, table) pairs a `datasets` arrow iterable yields."""
+    yield from enumerate(read_pieces(pieces, skip))
+
+
 def _load(resolved: ResolvedSource, cfg: SourceConfig):
-    """The whole source as a `datasets` stream with its features known (read from the first rows if need be)."""
+    """A Hub source as a `datasets` stream with its features known (read from the first rows if need be)."""
     import datasets
 
-    if resolved.hub_id:
-        stream = datasets.load_dataset(resolved.hub_id, split=cfg.source_split, streaming=True)
-    else:
-        stream = datasets.load_dataset("parquet", data_files=resolved.parquet_files, split="train", streaming=True)
+    stream = datasets.load_dataset(resolved.hub_id, split=cfg.source_split, streaming=True)
     return stream if stream.features is not None else stream._resolve_features()
 
 
@@ -332,14 +365,3 @@ def check_hub_columns(resolved: ResolvedSource, cfg: SourceConfig) -> None:
     process asks; streaming it to learn them reads no more than its first rows)."""
     map_columns(_load(resolved, cfg).features.arrow_schema, cfg, resolved.name)
 
-
-def this_process_share(stream, max_samples: int | None, rank: int, world_size: int):
-    """The rows process `rank` of `world_size` reads (see `open_stream`), as a stream of their own."""
-    if max_samples is not None:
-        stream = stream.take(max_samples)  # take(n) spreads n over the shards: split what it keeps row by row
-    elif stream.num_shards % world_size:
-        stream = stream.reshard()  # a single file has one shard, but maybe many row groups
-    if max_samples is None and stream.num_shards % world_size == 0:
-        return stream.shard(num_shards=world_size, index=rank)
-    return stream.filter(lambda batch, indices: [i % world_size == rank for i in indices], with_indices=True,
-                         batched=True, batch_size=SPLIT_BATCH)

@@ -1,15 +1,11 @@
-"""Per-process counters (rows per status, per error reason, seconds per stage), merged by the main process."""
+"""Per-task counters (rows per status, per error reason, seconds per stage), merged when the run finishes."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
-
-from output.durable import write_json_durably
 
 # Parts of an error message that name one host, address, port or size: counted per row they would make
 # millions of distinct "reasons" on a web-scale run, so they are folded into placeholders.
@@ -38,7 +34,7 @@ class RunStats:
         self.errors: Counter[str] = Counter(saved.get("errors", {}))
         self.stage_seconds: Counter[str] = Counter(saved.get("stage_seconds", {}))
         self.reused_rows: int = saved.get("reused_rows", 0)  # ok rows that copied an earlier row's results
-        self.active_seconds: float = saved.get("active_seconds", 0.0)  # working on the share, over all attempts
+        self.active_seconds: float = saved.get("active_seconds", 0.0)  # working on the task, over all attempts
 
     def add_reused(self, count: int) -> None:
         self.reused_rows += count
@@ -64,30 +60,27 @@ class RunStats:
                 "stage_seconds": dict(self.stage_seconds), "reused_rows": self.reused_rows,
                 "active_seconds": self.active_seconds}
 
-    def save(self, path: Path) -> None:
-        write_json_durably(path, self.to_dict())
 
+def merge_stats(parts: list[dict]) -> dict:
+    """Sum the tasks' counters into `{"rows", "statuses", "errors", "stage_seconds", "reused_rows",
+    "worker_seconds"}`, most common first.
 
-def merge_stats(paths: list[Path]) -> dict:
-    """Sum the per-process files into `{"rows", "statuses", "errors", "stage_seconds", "reused_rows",
-    "wall_seconds"}`, most common first.
-
-    Stage seconds add up across processes: they say where the compute went, not how long the run took; that
-    is `wall_seconds`, the slowest process's working time (interruptions not counted). Reused rows count work
-    done, so rows redone after an interruption count again.
+    Stage seconds add up across tasks: they say where the compute went, not how long the run took.
+    `worker_seconds` is the workers' time spent on the tasks (interruptions not counted), so rows per
+    worker-second is one worker's throughput, however many ran. Reused rows count work done, so rows redone
+    after an interruption count again.
     """
-    statuses, errors, seconds, reused, wall = Counter(), Counter(), Counter(), 0, 0.0
-    for path in paths:
-        part = json.loads(path.read_text())
-        statuses.update(part["statuses"])
-        errors.update(part["errors"])
+    statuses, errors, seconds, reused, working = Counter(), Counter(), Counter(), 0, 0.0
+    for part in parts:
+        statuses.update(part.get("statuses", {}))
+        errors.update(part.get("errors", {}))
         seconds.update(part.get("stage_seconds", {}))
         reused += part.get("reused_rows", 0)
-        wall = max(wall, part.get("active_seconds", 0.0))
+        working += part.get("active_seconds", 0.0)
     return {"rows": sum(statuses.values()), "statuses": dict(statuses.most_common()),
             "errors": dict(errors.most_common()),
             "stage_seconds": {stage: round(total, 3) for stage, total in seconds.items()}, "reused_rows": reused,
-            "wall_seconds": round(wall, 3)}
+            "worker_seconds": round(working, 3)}
 
 
 def format_stats(stats: dict, max_errors: int = 10) -> str:
@@ -95,9 +88,9 @@ def format_stats(stats: dict, max_errors: int = 10) -> str:
     lines = [f"{stats['rows']} rows"]
     lines += [f"  {status:<14} {count:>10}  {count / max(stats['rows'], 1):6.1%}"
               for status, count in stats["statuses"].items()]
-    if stats.get("wall_seconds"):
-        lines.append(f"  {stats['rows'] / stats['wall_seconds']:.2f} rows/s over {stats['wall_seconds']:.1f} s "
-                     "(the slowest process's working time)")
+    if stats.get("worker_seconds"):
+        lines.append(f"  {stats['rows'] / stats['worker_seconds']:.2f} rows per worker-second "
+                     f"({stats['worker_seconds']:.1f} worker-seconds in all)")
     if stats.get("reused_rows"):
         lines.append(f"  {stats['reused_rows']} ok rows repeated an earlier row's URL or image and reused its captions")
     if stats.get("stage_seconds"):

@@ -1,17 +1,21 @@
 """Every path and file name of an output folder, spelled here and nowhere else:
 
-    OUTPUT_DIR/
-      data/train-RRRRR-CCCCC.parquet   the rows: chunk CCCCC of process RRRRR (.train-*.tmp while being written)
-      progress/run.json                the first run's settings, which a resumed run must share
-      progress/rank-RRRRR.json         how far process RRRRR got (chunks, rows, their stats)
-      stats/rank-RRRRR.json            process RRRRR's counters, merged for the card and the log
+    OUTPUT_DIR/                        a local folder or an fsspec URL (output.store)
+      data/train-TTTTTT-CCCCC.parquet  the rows: chunk CCCCC of task TTTTTT (.train-*.tmp while being written locally)
+      tasks/plan.json                  the task list, made by the first worker, reused by every later one
+      tasks/run.json                   the first run's result-affecting settings, which every later worker must share
+      tasks/progress/TTTTTT.json       how far task TTTTTT got (chunks, rows, their stats), after each chunk
+      tasks/leases/TTTTTT.json         which worker holds task TTTTTT, and until when
+      tasks/done/TTTTTT.json           task TTTTTT is complete (written after its last chunk)
+      tasks/finishing.json             the worker finishing the run, and until when
+      tasks/finished.json              the card, gallery and push are done
+      stats.json                       every task's counters, merged
       build_config.yaml                the resolved config
       README.md, plots/NAME.png        the dataset card and its histograms
       gallery.html                     sample rows to look at by eye
-      .lock                            held by the run writing the folder
 
-Paths are built from the output folder; patterns relative to it (for the Hub, whose repo mirrors the folder)
-are constants.
+Names are relative to the output folder (the Hub repo mirrors it); `output.store.OutputStore` turns them into
+paths. The card, plots and gallery are rendered into a local folder first, so they also have `Path` helpers.
 """
 
 from __future__ import annotations
@@ -19,73 +23,78 @@ from __future__ import annotations
 from pathlib import Path
 
 DATA_DIR = "data"
-PROGRESS_DIR = "progress"
-STATS_DIR = "stats"
+TASKS_DIR = "tasks"
 PLOTS_DIR = "plots"
 CARD = "README.md"
 CONFIG_FILE = "build_config.yaml"
 GALLERY = "gallery.html"
-LOCK_FILE = ".lock"
-RUN_FILE = "run.json"
+STATS_FILE = "stats.json"
 SPLIT = "train"  # the only split; the Hub and `datasets` read it from the chunks' names
 
+PLAN_FILE = f"{TASKS_DIR}/plan.json"
+RUN_FILE = f"{TASKS_DIR}/run.json"
+FINISHING_FILE = f"{TASKS_DIR}/finishing.json"
+FINISHED_FILE = f"{TASKS_DIR}/finished.json"
+PROGRESS_GLOB = f"{TASKS_DIR}/progress/*.json"
+DONE_GLOB = f"{TASKS_DIR}/done/*.json"
+LEASE_GLOB = f"{TASKS_DIR}/leases/*.json"
+OLD_LAYOUT_FILES = ("progress/run.json", "progress/rank-*.json")  # the per-process layout before tasks
+OLD_LAYOUT_DIRS = ("progress", "stats")
+
 CHUNK_GLOB = f"{DATA_DIR}/{SPLIT}-*.parquet"  # finished chunks only: never a hidden temp file
-STATS_GLOB = f"{STATS_DIR}/rank-*.json"
 PLOTS_GLOB = f"{PLOTS_DIR}/*.png"
-RUN_OUTPUTS = (DATA_DIR, PROGRESS_DIR, STATS_DIR, CARD, CONFIG_FILE)  # what --overwrite removes, nothing else
-RECORDS = (PROGRESS_DIR, STATS_DIR)  # a run's bookkeeping, without its rows
-PUSHED_DATA = (CHUNK_GLOB,)  # finished chunks only: never a temp file, never progress/
-PUSHED_FINAL = (CONFIG_FILE, STATS_GLOB, PLOTS_GLOB, GALLERY)  # never a temp file; the card goes last, on its own
+RUN_OUTPUTS = (DATA_DIR, TASKS_DIR, STATS_FILE, CARD, CONFIG_FILE)  # what --overwrite removes, nothing else
+PUSHED_DATA = (CHUNK_GLOB,)  # finished chunks only: never a temp file, never tasks/
+PUSHED_FINAL = (CONFIG_FILE, STATS_FILE, PLOTS_GLOB, GALLERY)  # never a temp file; the card goes last, on its own
 PUSHED_FOLDERS = (DATA_DIR, PLOTS_DIR)
 
 
-def _rank(rank: int) -> str:
-    return f"{rank:05d}"
+def _task(task: int) -> str:
+    return f"{task:06d}"
+
+
+def chunk_name(task: int, chunk: int) -> str:
+    return f"{DATA_DIR}/{SPLIT}-{_task(task)}-{chunk:05d}.parquet"
+
+
+def task_chunks_glob(task: int) -> str:
+    return f"{DATA_DIR}/{SPLIT}-{_task(task)}-*.parquet"
+
+
+def progress_name(task: int) -> str:
+    return f"{TASKS_DIR}/progress/{_task(task)}.json"
+
+
+def lease_name(task: int) -> str:
+    return f"{TASKS_DIR}/leases/{_task(task)}.json"
+
+
+def done_name(task: int) -> str:
+    return f"{TASKS_DIR}/done/{_task(task)}.json"
+
+
+def task_of(name: str) -> int:
+    """The task number in a progress, lease, done or chunk name."""
+    stem = name.rsplit("/", 1)[-1].split(".")[0]
+    return int(stem.split("-")[1] if stem.startswith(f"{SPLIT}-") else stem)
 
 
 def data_dir(output_dir: Path) -> Path:
     return Path(output_dir) / DATA_DIR
 
 
-def chunk_path(output_dir: Path, rank: int, chunk: int) -> Path:
-    return data_dir(output_dir) / f"{SPLIT}-{_rank(rank)}-{chunk:05d}.parquet"
+def chunk_path(output_dir: Path, task: int, chunk: int) -> Path:
+    return Path(output_dir) / chunk_name(task, chunk)
 
 
 def chunk_files(output_dir: Path) -> list[Path]:
-    """The output's chunks, in (rank, chunk) order."""
+    """A local output's chunks, in (task, chunk) order."""
     return sorted(Path(output_dir).glob(CHUNK_GLOB))
-
-
-def chunks_of_rank(output_dir: Path, rank: int) -> dict[int, Path]:
-    """Process `rank`'s chunks on disk, by chunk number."""
-    paths = data_dir(output_dir).glob(f"{SPLIT}-{_rank(rank)}-*.parquet")
-    return {int(path.stem.split("-")[2]): path for path in paths}
-
-
-def chunk_temp_files(output_dir: Path, rank: int) -> list[Path]:
-    """Chunks process `rank` had not finished writing (see `output.durable.temp_path`)."""
-    return list(data_dir(output_dir).glob(f".{SPLIT}-{_rank(rank)}-*.tmp"))
 
 
 def served_parquet_files(output_dir: Path) -> list[Path]:
     """Every parquet file in data/ the Hub would serve (hidden files are not pushed), ours or not, sorted."""
     return sorted(path for path in data_dir(output_dir).glob("*.parquet") if not path.name.startswith("."))
-
-
-def run_record_path(output_dir: Path) -> Path:
-    return Path(output_dir) / PROGRESS_DIR / RUN_FILE
-
-
-def rank_record_path(output_dir: Path, rank: int) -> Path:
-    return Path(output_dir) / PROGRESS_DIR / f"rank-{_rank(rank)}.json"
-
-
-def stats_path(output_dir: Path, rank: int) -> Path:
-    return Path(output_dir) / STATS_DIR / f"rank-{_rank(rank)}.json"
-
-
-def stats_files(output_dir: Path) -> list[Path]:
-    return sorted(Path(output_dir).glob(STATS_GLOB))
 
 
 def config_path(output_dir: Path) -> Path:
@@ -108,6 +117,3 @@ def plots_dir(output_dir: Path) -> Path:
 def gallery_path(output_dir: Path) -> Path:
     return Path(output_dir) / GALLERY
 
-
-def lock_path(output_dir: Path) -> Path:
-    return Path(output_dir) / LOCK_FILE

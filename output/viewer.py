@@ -73,21 +73,27 @@ def check_viewer_ready(output_dir: Path, *, max_row_group_bytes: int = MAX_ROW_G
                                           f"{'s' if len(lines) > 1 else ''}", *lines]))
 
 
-def chunk_files_problem(rows: int, world_size: int, rows_per_chunk: int, batch_size: int,
+def chunk_files_problem(task_rows: list[int], rows_per_chunk: int, batch_size: int,
                         max_files_per_folder: int = MAX_FILES_PER_FOLDER) -> str | None:
-    """What is wrong, if a run over `rows` rows would write more chunk files into data/ than one folder may
+    """What is wrong, if tasks of `task_rows` rows would write more chunk files into data/ than one folder may
     hold; None if it fits. Checked before a run, since the folder rule is only enforced when pushing: a
     web-scale run at a small --rows_per_chunk would otherwise learn it after days of captioning."""
-    rows_in_chunk = math.ceil(rows_per_chunk / batch_size) * batch_size  # chunks end on whole batches
-    share = math.ceil(rows / world_size)  # the largest process share when rows are split row by row
-    files = world_size * math.ceil(share / rows_in_chunk)
-    if files <= max_files_per_folder:
+    def files(chunk_flag: int) -> int:
+        rows_in_chunk = math.ceil(chunk_flag / batch_size) * batch_size  # chunks end on whole batches
+        return sum(math.ceil(rows / rows_in_chunk) for rows in task_rows)
+
+    count = files(rows_per_chunk)
+    if count <= max_files_per_folder:
         return None
-    chunks_per_process = max(1, max_files_per_folder // world_size)
-    enough = math.ceil(share / chunks_per_process)
-    return (f"{rows:,} rows in chunks of {rows_in_chunk:,} rows on {world_size} process"
-            f"{'es' if world_size > 1 else ''} make about {files:,} files in {DATA_DIR}/, over the Hub's "
-            f"{max_files_per_folder:,} per folder: use --rows_per_chunk {enough:,} or more")
+    head = (f"{sum(task_rows):,} rows in {len(task_rows):,} tasks, in chunks of --rows_per_chunk {rows_per_chunk:,}, "
+            f"make about {count:,} files in {DATA_DIR}/, over the Hub's {max_files_per_folder:,} per folder")
+    if len(task_rows) > max_files_per_folder:  # every task writes at least one file
+        return f"{head}: use --rows_per_task {math.ceil(sum(task_rows) / max_files_per_folder):,} or more"
+    low, high = 1, math.ceil(max(task_rows) / batch_size)  # in batches; `high` makes one file per task
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if files(middle * batch_size) <= max_files_per_folder else (middle + 1, high)
+    return f"{head}: use --rows_per_chunk {low * batch_size:,} or more"
 
 
 def _schema_difference(first: pa.Schema, other: pa.Schema) -> str:

@@ -177,33 +177,35 @@ def test_an_empty_output_is_rejected(tmp_path):
     assert problems(tmp_path)[1:] == ["no data files (data/*.parquet)", "README.md is missing"]
 
 
-@pytest.mark.parametrize("rows, world_size, rows_per_chunk, batch_size", [
-    (10_000, 1, 1, 1), (20_000, 1, 1, 2), (40_000, 4, 4, 4), (10_000_000, 8, 10_000, 64)])
-def test_a_run_whose_chunks_fit_in_one_folder_passes(rows, world_size, rows_per_chunk, batch_size):
-    assert chunk_files_problem(rows, world_size, rows_per_chunk, batch_size) is None
+@pytest.mark.parametrize("task_rows, rows_per_chunk, batch_size", [
+    ([10_000], 1, 1), ([20_000], 1, 2), ([10_000] * 4, 4, 4), ([20_000] * 500, 10_000, 64)])
+def test_a_run_whose_chunks_fit_in_one_folder_passes(task_rows, rows_per_chunk, batch_size):
+    assert chunk_files_problem(task_rows, rows_per_chunk, batch_size) is None
 
 
-@pytest.mark.parametrize("rows, world_size, rows_per_chunk, batch_size, files", [
-    (10_001, 1, 1, 1, 10_001), (20_001, 1, 1, 2, 10_001), (600_000_000, 1, 10_000, 64, 59_714),
-    (600_000_000, 64, 1_000, 64, 585_984)])
-def test_too_many_chunk_files_are_named_with_a_chunk_size_that_fits(rows, world_size, rows_per_chunk, batch_size,
-                                                                    files):
-    problem = chunk_files_problem(rows, world_size, rows_per_chunk, batch_size)
+@pytest.mark.parametrize("task_rows, rows_per_chunk, batch_size, files", [
+    ([10_001], 1, 1, 10_001), ([20_001], 1, 2, 10_001), ([20_000] * 600, 1_000, 64, 12_000)])
+def test_too_many_chunk_files_are_named_with_a_chunk_size_that_fits(task_rows, rows_per_chunk, batch_size, files):
+    problem = chunk_files_problem(task_rows, rows_per_chunk, batch_size)
     assert f"make about {files:,} files in data/, over the Hub's 10,000 per folder" in problem
     enough = int(problem.rsplit("--rows_per_chunk ", 1)[1].split()[0].replace(",", ""))
-    assert chunk_files_problem(rows, world_size, enough, batch_size) is None
-    assert chunk_files_problem(rows, world_size, enough - batch_size, batch_size) is not None  # and a batch less would not
+    assert chunk_files_problem(task_rows, enough, batch_size) is None
+    assert chunk_files_problem(task_rows, enough - batch_size, batch_size) is not None  # and a batch less would not
+
+
+def test_more_tasks_than_files_in_a_folder_are_named_with_a_task_size_that_fits():
+    problem = chunk_files_problem([1_000] * 10_001, 10_000, 64)
+    assert problem.endswith("use --rows_per_task 1,001 or more")  # 10,001,000 rows in at most 10,000 tasks
 
 
 def test_a_push_that_would_make_too_many_files_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
     source = tmp_path / "urls.parquet"
     pq.write_table(pa.table({"URL": [f"http://127.0.0.1/{i}.png" for i in range(30_001)]}), source)
     monkeypatch.setenv("HF_TOKEN", "hf_test")
-    monkeypatch.setenv("WORLD_SIZE", "3")
     argv = ["--source", str(source), "--output_dir", str(tmp_path / "out"), "--rows_per_chunk", "1",
             "--batch_size", "1", "--push_to_hub", "user/many"]
     assert build.main(argv) == 2
     assert capsys.readouterr().err.strip() == (
-        "error: 30,001 rows in chunks of 1 rows on 3 processes make about 30,003 files in data/, over the Hub's "
-        "10,000 per folder: use --rows_per_chunk 4 or more")
+        "error: 30,001 rows in 2 tasks, in chunks of --rows_per_chunk 1, make about 30,001 files in data/, over the "
+        "Hub's 10,000 per folder: use --rows_per_chunk 4 or more")
     assert not (tmp_path / "out").exists()
