@@ -25,13 +25,14 @@ import time
 import uuid
 from collections.abc import Callable
 
-from output.layout import DONE_GLOB, LEASE_GLOB, done_name, lease_name, task_of
+from output.layout import DONE_GLOB, LEASE_GLOB, PROGRESS_GLOB, done_name, lease_name, task_of
 from output.store import OutputStore
 
 logger = logging.getLogger(__name__)
 
 SETTLE_SECONDS = 0.5  # between writing a lease and reading it back: lets a concurrent claimer's write land
-CLAIM_WINDOW = 64  # a claim picks at random among this many lowest free tasks: fewer collisions, roughly in order
+CLAIM_WINDOW = 64  # a new task is picked at random among this many lowest free ones: fewer collisions, roughly
+# in order. A task some worker started (it has a progress record) goes first, so stopped work is finished first.
 
 
 def worker_id() -> str:
@@ -49,6 +50,10 @@ class Board:
 
     def done(self) -> set[int]:
         return {task_of(name) for name in self.store.glob(DONE_GLOB)}
+
+    def started(self) -> set[int]:
+        """Tasks with a progress record: a stopped worker's task is taken up before any new one."""
+        return {task_of(name) for name in self.store.glob(PROGRESS_GLOB)}
 
     def live_leases(self) -> dict[int, str]:
         """Task -> worker, for every lease not yet expired."""
@@ -68,7 +73,8 @@ class Board:
             free = [task for task in tasks if task not in done and held.get(task, self.worker) == self.worker]
             if not free:
                 return None
-            task = random.choice(free[:CLAIM_WINDOW])
+            started = sorted(self.started().intersection(free))
+            task = started[0] if started else random.choice(free[:CLAIM_WINDOW])
             if self._won(lease_name(task)):
                 return task
             logger.info("task %d was claimed by another worker at the same moment; trying another", task)

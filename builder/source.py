@@ -313,7 +313,6 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, task: Task, skip: i
     stream = _task_rows(resolved, cfg, task, skip)
     declared = stream.features
     stream = stream.decode(False)  # first: renames and maps would decode every image cell
-    stream = stream.with_format("arrow").map(valid_utf8, batched=True, features=stream.features).with_format(None)
     columns = list(declared)
     mapping = map_columns(declared.arrow_schema, cfg, resolved.name)
     renames = mapping.renames(columns, keep_generated=resolved.previous_output)
@@ -333,23 +332,28 @@ def open_stream(resolved: ResolvedSource, cfg: SourceConfig, task: Task, skip: i
 
 
 def _task_rows(resolved: ResolvedSource, cfg: SourceConfig, task: Task, skip: int):
-    """The task's source rows after its first `skip` as a `datasets` stream: its pieces read straight from the
-    parquet files (seeking, `builder.tasks.read_pieces`), or its shard of the `datasets` stream (skipping)."""
+    """The task's source rows after its first `skip` as a `datasets` stream, strings made valid UTF-8: its
+    pieces read straight from the parquet files (seeking, `builder.tasks.read_pieces`), or its shard of the
+    `datasets` stream (skipping)."""
     import datasets
     from datasets.iterable_dataset import ArrowExamplesIterable
 
     if task.shard is not None:
         stream = _load(resolved, cfg)
         stream = stream.shard(num_shards=stream.num_shards, index=task.shard)
-        return stream.skip(skip) if skip else stream
+        stream = stream.skip(skip) if skip else stream
+        return stream.with_format("arrow").map(valid_utf8, batched=True, features=stream.features).with_format(None)
     features = datasets.Features.from_arrow_schema(open_parquet(task.pieces[0].file).schema_arrow)
     tables = ArrowExamplesIterable(_numbered_tables, {"pieces": task.pieces, "skip": skip})
     return datasets.IterableDataset(tables, info=datasets.DatasetInfo(features=features))
 
 
 def _numbered_tables(pieces: tuple[Piece, ...], skip: int):
-    """`read_pieces` as the (key, table) pairs a `datasets` arrow iterable yields."""
-    yield from enumerate(read_pieces(pieces, skip))
+    """`read_pieces` as the (key, table) pairs a `datasets` arrow iterable yields, made valid UTF-8 here rather
+    than in a map of their own: every batched map concatenates its input rows' keys into its output rows' keys,
+    so each extra map upstream of the stages would multiply the keys' length (and time) by its batch size."""
+    for number, table in enumerate(read_pieces(pieces, skip)):
+        yield number, valid_utf8(table)
 
 
 def _load(resolved: ResolvedSource, cfg: SourceConfig):

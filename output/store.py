@@ -92,8 +92,9 @@ class OutputStore:
         patterns that do not start with a dot."""
         prefix = self.root + "/"
         self.fs.invalidate_cache()
-        return sorted(path[len(prefix):] if path.startswith(prefix) else path
-                      for path in self.fs.glob(self.path(pattern)))
+        names = (path[len(prefix):] if path.startswith(prefix) else path for path in self.fs.glob(self.path(pattern)))
+        hidden_asked = posixpath.basename(pattern).startswith(".")  # fsspec's "*" matches dot-files too
+        return sorted(name for name in names if hidden_asked or not posixpath.basename(name).startswith("."))
 
     def delete(self, name: str) -> None:
         """Remove `name` (a file, or a folder and all under it) if it exists."""
