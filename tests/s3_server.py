@@ -29,7 +29,7 @@ REGION = "us-east-1"  # the one region where creating a bucket needs no location
 def running_s3_server() -> Iterator[str]:
     """moto's S3 API served from a daemon thread on a free port of 127.0.0.1; yields its endpoint URL and stops
     the server on exit."""
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # else one INFO line per request
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # else a line per request in every failure report
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
