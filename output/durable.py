@@ -1,21 +1,22 @@
 """Files that are complete or absent: written beside their final name, synced, then renamed into place.
 
 A reader, a resumed run or a push sees the old file or the new one, never half of one, whatever happens to
-the writer (killed, out of disk, power lost after the rename). Temp names carry the writer's pid, so two
-writers never share one.
+the writer (killed, out of disk, power lost after the rename). Temp names carry the writer's pid and thread,
+so two writers never share one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 
 def temp_path(path: Path) -> Path:
-    """A hidden sibling of `path`, unique to this process: `.NAME.PID.tmp`."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A hidden sibling of `path`, unique to this writer (process and thread): `.NAME.PID-THREAD.tmp`."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
 
 
 def write_durably(path: Path, write: Callable[[Path], None]) -> None:
