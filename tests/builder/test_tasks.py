@@ -1,7 +1,6 @@
 """The task plan (source rows cut into tasks from parquet footers alone) and the seeking reader of a task's pieces."""
 
 import json
-import os
 import random
 from pathlib import Path
 
@@ -211,7 +210,7 @@ class _RecordingFile(MemoryFile):
 def memory_files(tmp_path):
     """Put local parquet files into fsspec's `memory://` filesystem as recording files; read back by URL through
     `open_parquet`'s real fsspec path."""
-    folder = f"/seek-{tmp_path.name}-{os.getpid()}"
+    folder = f"/seek-{tmp_path.name}"  # tmp_path names are unique in a session
     placed = []
 
     def place(local: Path) -> tuple[str, _RecordingFile]:
