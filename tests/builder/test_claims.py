@@ -207,3 +207,21 @@ def test_two_workers_racing_for_one_task(store):
         winners = {worker for worker, task in won.items() if task == attempt}
         assert winners, "nobody won, yet the last writer always reads its own lease back"
         assert store.read_json(name)["worker"] in winners
+
+
+def test_a_started_task_is_taken_up_before_any_new_one(boards, store, clock):
+    """A stopped worker's task (it has a progress record, its lease expired) goes first: a restart resumes it
+    instead of leaving it half done while new tasks start."""
+    from builder.resume import TaskProgress, save_progress
+
+    a, b = boards
+    save_progress(store, 37, TaskProgress(chunks=1, rows=16))
+    save_progress(store, 12, TaskProgress(chunks=2, rows=32))
+    tasks = list(range(100))
+    assert a.claim(tasks) == 12  # the lowest started one, never a random new one
+    assert b.claim(tasks) == 37  # 12 is held
+    clock.now += LEASE + 1
+    a.mark_done(12, {})
+    for worker in range(TRIES):  # b stopped: whoever comes next resumes 37
+        clock.now += LEASE + 1
+        assert Board(store, f"w{worker}", LEASE, clock=clock, settle_seconds=0).claim(tasks) == 37
