@@ -177,7 +177,7 @@ class Worker:
                     continue
                 self._start_progress(done)
                 with Heartbeat(self.board, lease_name(task)):
-                    self.board.mark_done(task, self.run_task(self.tasks[task]))
+                    self.board.mark_done(task, self._run_or_explain(self.tasks[task]))
         finally:
             if self.progress:
                 self.progress.close()
@@ -193,6 +193,19 @@ class Worker:
         if self.stop:
             raise RunInterrupted(self.stop.signum, f"worker {self.board.worker} stopped; its chunks are in "
                                  f"{self.store.location}: run the same command again to go on")
+
+    def _run_or_explain(self, task: Task) -> dict:
+        """`run_task`, saying on failure what is kept: the traceback alone would not tell a user that nothing
+        recorded is lost and what to run next."""
+        try:
+            return self.run_task(task)
+        except RunInterrupted:
+            raise
+        except Exception:
+            kept = load_progress(self.store, task.index)
+            logger.exception("task %d failed; the %d rows (%d chunks) it recorded are kept: run the same command "
+                             "again to go on", task.index, kept.rows, kept.chunks)
+            raise
 
     def run_task(self, task: Task) -> dict:
         """The task's rows after those its progress record holds, through the stages into chunks; the record
