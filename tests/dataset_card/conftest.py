@@ -18,6 +18,7 @@ from builder.source import check_source
 from builder.stats import RunStats, merge_stats
 from dataset_card.inputs import CardInputs
 from output.layout import chunk_path
+from output.reader import OutputChunk, local_chunks
 from output.schema import output_features
 from output.writer import write_parquet_atomically
 
@@ -32,6 +33,10 @@ class Output:
     path: Path
     inputs: CardInputs  # what the run hands the card and gallery
     stats: dict  # merge_stats(...) of the run
+
+    @property
+    def chunks(self) -> list[OutputChunk]:
+        return local_chunks(self.path)
 
     @property
     def config(self) -> dict:

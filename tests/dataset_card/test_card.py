@@ -21,7 +21,7 @@ PLOTS = ("caption_words", "first_ranker", "second_ranker")
 @pytest.fixture(scope="module")
 def card(built):
     """The card write_card makes of the build (over the one the run wrote)."""
-    write_card(built.path, built.inputs, built.stats)
+    write_card(built.path, built.chunks, built.inputs, built.stats)
     return DatasetCard.load(built.path / "README.md")
 
 
@@ -56,7 +56,7 @@ def test_yaml_round_trips_with_the_fields_the_hub_and_load_dataset_read(card, bu
 
 def test_the_source_is_named_by_the_run_and_the_bundled_sample_by_its_file_name(card, url_output):
     assert "8 source rows from `sample.parquet`, re-captioned" in card.text  # no path of the building machine
-    write_card(url_output.path, url_output.inputs, url_output.stats)
+    write_card(url_output.path, url_output.chunks, url_output.inputs, url_output.stats)
     linked = "[`someone/some-dataset`](https://huggingface.co/datasets/someone/some-dataset)"
     assert f"5 source rows from {linked}, re-captioned" in (url_output.path / "README.md").read_text()
 
@@ -134,7 +134,7 @@ def test_schema_lists_every_column_with_its_type(card, built):
 
 
 def test_error_reasons_counted_and_untrusted_text_inert(url_output):
-    write_card(url_output.path, url_output.inputs, url_output.stats)
+    write_card(url_output.path, url_output.chunks, url_output.inputs, url_output.stats)
     card = DatasetCard.load(url_output.path / "README.md")
     assert card.data.source_datasets == ["someone/some-dataset"]
     table = url_output.table(["status", "error"]).to_pylist()
@@ -159,6 +159,6 @@ def test_size_category(rows, category):
 
 def test_an_output_without_rows_still_gets_a_card(built, tmp_path):
     stats = {"rows": 0, "statuses": {}, "errors": {}, "stage_seconds": {}, "reused_rows": 0, "wall_seconds": 0.0}
-    write_card(tmp_path, built.inputs, stats)
+    write_card(tmp_path, [], built.inputs, stats)
     card = DatasetCard.load(tmp_path / "README.md")
     assert card.data.get("dataset_info") is None and "rows: **0**" in card.text
