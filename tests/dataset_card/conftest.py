@@ -47,7 +47,8 @@ class Output:
         return pq.read_table(sorted((self.path / "data").glob("*.parquet")), columns=columns)
 
 
-def _inputs(output_dir: Path, *flags: str) -> CardInputs:
+def run_inputs(output_dir: str | Path, *flags: str) -> CardInputs:
+    """What a run with `flags` into `output_dir` hands the card and gallery."""
     cfg = parse_config(["--output_dir", str(output_dir), *flags])
     return card_inputs(cfg, check_source(cfg.source))
 
@@ -62,7 +63,7 @@ def built(tmp_path_factory, tiny_models) -> Output:
     proc = subprocess.run([sys.executable, "build.py", "--output_dir", str(output), *flags],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return Output(output, _inputs(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
+    return Output(output, run_inputs(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
 
 
 def url_row(url: str, text: str, status: str = "ok", error: str | None = None, caption: str = "a red square",
@@ -86,10 +87,15 @@ def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int 
     for chunk, start in enumerate(range(0, len(rows), rows_per_chunk)):
         table = pa.Table.from_pylist(rows[start:start + rows_per_chunk], schema=features.arrow_schema)
         write_parquet_atomically(table, chunk_path(path, 0, chunk))
+    return Output(path, run_inputs(path, *flags), run_stats(rows, path))
+
+
+def run_stats(rows: list[dict], folder: Path) -> dict:
+    """merge_stats(...) of a run that wrote `rows`, its counters saved under `folder`."""
     stats = RunStats()
     stats.add({"status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
-    stats.save(path / "stats" / "rank-00000.json")
-    return Output(path, _inputs(path, *flags), merge_stats([path / "stats" / "rank-00000.json"]))
+    stats.save(folder / "stats" / "rank-00000.json")
+    return merge_stats([folder / "stats" / "rank-00000.json"])
 
 
 @pytest.fixture

@@ -64,6 +64,10 @@ def test_no_gallery_when_zero_rows_asked(built):
     assert write_gallery(built.path, built.chunks, inputs) is None
 
 
+def test_no_gallery_of_an_output_without_rows(built, tmp_path):
+    assert write_gallery(tmp_path, [], built.inputs) is None and not any(tmp_path.iterdir())
+
+
 def test_url_rows_are_refetched_and_a_dead_link_gets_a_placeholder(url_output, image_server):
     text = write_gallery(url_output.path, url_output.chunks, url_output.inputs).read_text()
     page = Page(text)
