@@ -11,7 +11,6 @@ from dataclasses import replace
 from dataset_card.card import render_card, write_card
 from dataset_card.gallery import render_gallery, write_gallery
 from dataset_card.inputs import CardInputs
-from output.layout import LOCK_FILE
 from tests.dataset_card.conftest import ENV, REPO, Output, url_row, write_output
 
 # Writes past `limit` bytes into any one file fail with EFBIG (SIGXFSZ ignored, so the write raises instead of
@@ -43,8 +42,8 @@ def renamed(inputs: CardInputs, pretty_name: str) -> CardInputs:
 
 
 def hidden_files(folder) -> list:
-    """Hidden files a write left, but the run lock every build output holds."""
-    return [path for path in folder.rglob(".*") if path.is_file() and path.name != LOCK_FILE]
+    """Hidden files a write left."""
+    return [path for path in folder.rglob(".*") if path.is_file()]
 
 
 def long_output(path) -> Output:

@@ -17,8 +17,9 @@ from PIL import Image
 
 from dataset_card.card import markdown_text, write_card
 from dataset_card.gallery import write_gallery
-from output.reader import OutputChunk
+from output.layout import CHUNK_GLOB, chunk_name
 from output.schema import output_features
+from output.store import OutputStore
 from tests.dataset_card.conftest import URL_SOURCE, run_inputs, run_stats, url_row
 from tests.dataset_card.test_card import section, table_rows
 from tests.dataset_card.test_gallery import Page, thumbnails
@@ -53,26 +54,24 @@ def stored_row(i: int) -> dict:
 
 @pytest.fixture
 def remote_chunks(tmp_path):
-    """ROWS rows as parquet chunks of several row groups on the in-memory filesystem (one store per process:
-    each test writes under its own root and removes it)."""
+    """ROWS rows as parquet chunks of several row groups, one per task, on the in-memory filesystem, listed as
+    finishing lists them (one memory store per process: each test writes under its own root and removes it)."""
     memory = fsspec.filesystem("memory")
     root = f"/{tmp_path.name}/run"
     rows = [stored_row(i) for i in range(ROWS)]
-    chunks = []
-    for number, start in enumerate(range(0, ROWS, ROWS_PER_CHUNK)):
-        path = f"{root}/data/train-000000-{number:05d}.parquet"
-        with memory.open(path, "wb") as file:
+    for task, start in enumerate(range(0, ROWS, ROWS_PER_CHUNK)):
+        with memory.open(f"{root}/{chunk_name(task, 0)}", "wb") as file:
             pq.write_table(pa.Table.from_pylist(rows[start:start + ROWS_PER_CHUNK], schema=FEATURES.arrow_schema),
                            file, row_group_size=ROWS_PER_GROUP)
-        chunks.append(OutputChunk(path, memory))
-    yield f"memory://{root}", rows, chunks
+    store = OutputStore(f"memory://{root}")
+    yield store.location, rows, [store.chunk(name) for name in store.glob(CHUNK_GLOB)]
     memory.rm(f"/{tmp_path.name}", recursive=True)
 
 
 def test_card_and_gallery_of_chunks_on_object_storage_are_rendered_locally(remote_chunks, tmp_path):
     location, rows, chunks = remote_chunks
     inputs = run_inputs(location, "--card_examples", "4", "--gallery_rows", "6")
-    stats = run_stats(rows, tmp_path / "records")
+    stats = run_stats(rows)
     target = tmp_path / "rendered"
 
     write_card(target, chunks, inputs, stats)
