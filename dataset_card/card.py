@@ -102,7 +102,7 @@ def render_card(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInp
         rows=rows,
         ok_rows=ok_rows,
         ok_rate=ok_rows / rows if rows else 0.0,
-        throughput=rows / stats["wall_seconds"] if stats.get("wall_seconds") else None,
+        throughput=rows / stats["worker_seconds"] if stats.get("worker_seconds") else None,
         distributions=distributions(summary),
         plots=write_plots(target_dir, summary),
         examples=sample_examples(chunks, inputs.card_examples),
