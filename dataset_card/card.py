@@ -1,11 +1,15 @@
-"""The output folder's README.md: the YAML `load_dataset` and the Hub read, then what the dataset is, how it
-was made (models, revisions, recipe, seed, config), what the run produced (counts, caption lengths,
-similarities, plots), example rows and the schema."""
+"""An output's README.md: the YAML `load_dataset` and the Hub read, then what the dataset is, how it was made
+(models, revisions, recipe, seed, config), what the run produced (counts, caption lengths, similarities,
+plots), example rows and the schema.
+
+The rows are read from the output's chunks wherever they are (a local folder, object storage); the card and
+its plots are written into a local folder, which the caller stores beside the chunks."""
 
 from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
@@ -22,8 +26,8 @@ from dataset_card.shown_text import shorten
 from dataset_card.summary import CaptionSummary, summarise
 from map_fns.registry import STAGES
 from output.durable import write_durably
-from output.layout import card_path, chunk_files
-from output.reader import count_rows
+from output.layout import card_path
+from output.reader import OutputChunk, count_rows
 
 TEMPLATE = "card_template.md"
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|])")
@@ -75,15 +79,14 @@ def error_rows(errors: dict[str, int], shown: int = MAX_ERROR_REASONS) -> tuple[
     return ranked[:shown], len(rest), sum(count for _, count in rest)
 
 
-def render_card(output_dir: Path, inputs: CardInputs, stats: dict) -> str:
-    """The card's text; writes its plots under `output_dir/plots/` on the way."""
-    output_dir = Path(output_dir)
-    features = output_features(output_dir) if chunk_files(output_dir) else None  # no files: no process had rows
-    summary = summarise(output_dir)
+def render_card(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInputs, stats: dict) -> str:
+    """The card's text, from the rows of `chunks`; writes its plots under `target_dir/plots/` on the way."""
+    features = output_features(chunks) if chunks else None  # no chunks: no task had rows
+    summary = summarise(chunks)
     rows = stats["rows"]
     ok_rows = stats["statuses"].get("ok", 0)
     config = inputs.config
-    data = card_data(inputs, count_rows(output_dir), features)
+    data = card_data(inputs, count_rows(chunks), features)
     return _environment().get_template(TEMPLATE).render(
         card_data=data.to_yaml(),
         pretty_name=data.pretty_name,
@@ -99,15 +102,15 @@ def render_card(output_dir: Path, inputs: CardInputs, stats: dict) -> str:
         rows=rows,
         ok_rows=ok_rows,
         ok_rate=ok_rows / rows if rows else 0.0,
-        throughput=rows / stats["wall_seconds"] if stats.get("wall_seconds") else None,
+        throughput=rows / stats["worker_seconds"] if stats.get("worker_seconds") else None,
         distributions=distributions(summary),
-        plots=write_plots(output_dir, summary),
-        examples=sample_examples(output_dir, inputs.card_examples),
+        plots=write_plots(target_dir, summary),
+        examples=sample_examples(chunks, inputs.card_examples),
         schema=schema_rows(features) if features else [],
     )
 
 
-def write_card(output_dir: Path, inputs: CardInputs, stats: dict) -> None:
-    """Write `output_dir/README.md` (and `output_dir/plots/`), replacing the old card whole or not at all;
-    `stats` is `merge_stats(...)`'s dict."""
-    write_durably(card_path(output_dir), DatasetCard(render_card(output_dir, inputs, stats)).save)
+def write_card(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInputs, stats: dict) -> None:
+    """Write the card of the rows in `chunks` as `target_dir/README.md` (and `target_dir/plots/`), replacing
+    the old card whole or not at all; `stats` is `merge_stats(...)`'s dict."""
+    write_durably(card_path(target_dir), DatasetCard(render_card(target_dir, chunks, inputs, stats)).save)

@@ -3,10 +3,10 @@ candidate the first ranker kept, each with both rankers' similarities."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from output.reader import pick_ok_rows
+from output.reader import OutputChunk, pick_ok_rows
 
 COLUMNS = ["URL", "TEXT", "top_caption", "top_caption_raw", "all_captions", "all_similarities", "rerank_similarities"]
 
@@ -42,6 +42,6 @@ def as_example(row: dict) -> Example:
     return Example(row["URL"], row["TEXT"], row["top_caption"], candidates, row)
 
 
-def sample_examples(output_dir: Path, count: int, extra_columns: tuple[str, ...] = ()) -> list[Example]:
-    """`count` ok rows spread over the output (the same ones every time)."""
-    return [as_example(row) for row in pick_ok_rows(output_dir, count, COLUMNS + list(extra_columns))]
+def sample_examples(chunks: Sequence[OutputChunk], count: int, extra_columns: tuple[str, ...] = ()) -> list[Example]:
+    """`count` ok rows spread over the chunks (the same ones every time)."""
+    return [as_example(row) for row in pick_ok_rows(chunks, count, COLUMNS + list(extra_columns))]

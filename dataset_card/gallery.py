@@ -1,5 +1,6 @@
-"""OUTPUT_DIR/gallery.html: a self-contained page for looking at sample rows by eye — each image beside its
-alt-text, its chosen caption and every candidate with both rankers' similarities.
+"""gallery.html: a self-contained page for looking at sample rows by eye — each image beside its alt-text, its
+chosen caption and every candidate with both rankers' similarities. The rows are read from the output's
+chunks wherever they are; the page is written into a local folder, which the caller stores beside them.
 
 Nothing in it loads from elsewhere (thumbnails are inline JPEG data URIs, and its Content-Security-Policy
 forbids anything else), and every piece of text is cut to a bounded length (`shorten`), then HTML-escaped:
@@ -8,6 +9,7 @@ captions, alt-texts and URLs are untrusted.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
@@ -18,15 +20,15 @@ from dataset_card.metadata import DEFAULT_PRETTY_NAME
 from dataset_card.shown_text import shorten
 from dataset_card.thumbnails import thumbnails
 from output.durable import write_text_durably
-from output.layout import chunk_files, gallery_path
-from output.reader import read_schema
+from output.layout import gallery_path
+from output.reader import OutputChunk, read_schema
 
 TEMPLATE = "gallery_template.html"
 
 
-def render_gallery(output_dir: Path, inputs: CardInputs) -> str:
-    embedded = "image" in read_schema(output_dir).names
-    examples = sample_examples(output_dir, inputs.gallery_rows, ("image",) if embedded else ())
+def render_gallery(chunks: Sequence[OutputChunk], inputs: CardInputs) -> str:
+    embedded = "image" in read_schema(chunks).names
+    examples = sample_examples(chunks, inputs.gallery_rows, ("image",) if embedded else ())
     images = [example.row["image"] for example in examples] if embedded else None
     shown = thumbnails([example.url for example in examples], images, inputs.fetch,
                        read_local_files=inputs.read_local_files)  # image cells read as the run read them
@@ -40,12 +42,11 @@ def render_gallery(output_dir: Path, inputs: CardInputs) -> str:
     )
 
 
-def write_gallery(output_dir: Path, inputs: CardInputs) -> Path | None:
-    """Write the gallery of `inputs.gallery_rows` ok rows; None (and no file) when that is 0 or the output has no
-    rows. The old gallery is replaced whole or not at all."""
-    output_dir = Path(output_dir)
-    if not inputs.gallery_rows or not chunk_files(output_dir):
+def write_gallery(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInputs) -> Path | None:
+    """Write the gallery of `inputs.gallery_rows` ok rows of `chunks` as `target_dir/gallery.html`; None (and no
+    file) when that is 0 or there are no chunks. The old gallery is replaced whole or not at all."""
+    if not inputs.gallery_rows or not chunks:
         return None
-    path = gallery_path(output_dir)
-    write_text_durably(path, render_gallery(output_dir, inputs))
+    path = gallery_path(target_dir)
+    write_text_durably(path, render_gallery(chunks, inputs))
     return path

@@ -10,14 +10,14 @@ reads the old rows.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Sequence
 
 from datasets import DatasetInfo, Features
 from datasets.info import DatasetInfosDict
 from huggingface_hub import DatasetCardData
 
 from dataset_card.inputs import CardInputs
-from output.reader import read_schema
+from output.reader import OutputChunk, read_schema
 
 DEFAULT_PRETTY_NAME = "Re-captioned images (LAION-COCO method)"
 # The Hub's size_categories values: (upper bound, label), the last one open-ended.
@@ -31,9 +31,9 @@ def size_category(rows: int) -> str:
     return next(label for bound, label in SIZE_CATEGORIES if bound is None or rows < bound)
 
 
-def output_features(output_dir: Path) -> Features:
+def output_features(chunks: Sequence[OutputChunk]) -> Features:
     """The features `datasets` will load, from the parquet schema (and the feature types stored in it)."""
-    return Features.from_arrow_schema(read_schema(output_dir))
+    return Features.from_arrow_schema(read_schema(chunks))
 
 
 def card_data(inputs: CardInputs, rows: int, features: Features | None) -> DatasetCardData:

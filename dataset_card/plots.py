@@ -1,4 +1,4 @@
-"""The card's histograms as PNG files under OUTPUT_DIR/plots/ (matplotlib, no display needed)."""
+"""The card's histograms as PNG files under plots/ beside the card (matplotlib, no display needed)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,9 @@ def plot_histogram(histogram: Histogram, path: Path, title: str, xlabel: str) ->
         plt.close(fig)
 
 
-def write_plots(output_dir: Path, summary: CaptionSummary) -> dict[str, str]:
-    """Plot what has data; returns {plot name: path relative to `output_dir`} for the card's links."""
+def write_plots(target_dir: Path, summary: CaptionSummary) -> dict[str, str]:
+    """Plot what has data into `target_dir/plots/`; returns {plot name: path relative to `target_dir`} for the
+    card's links."""
     wanted = {
         "caption_words": (summary.caption_words, "Caption length (top_caption)", "words"),
         "first_ranker": (summary.first_ranker, "First ranker: best similarity (all_similarities[0])",
@@ -40,10 +41,10 @@ def write_plots(output_dir: Path, summary: CaptionSummary) -> dict[str, str]:
         "second_ranker": (summary.second_ranker, "Second ranker: similarity of the chosen caption",
                           "cosine similarity"),
     }
-    plots_dir(output_dir).mkdir(parents=True, exist_ok=True)
+    plots_dir(target_dir).mkdir(parents=True, exist_ok=True)
     links = {}
     for name, (histogram, title, xlabel) in wanted.items():
         if histogram.n:
             links[name] = plot_link(name)
-            plot_histogram(histogram, Path(output_dir) / links[name], title, xlabel)
+            plot_histogram(histogram, Path(target_dir) / links[name], title, xlabel)
     return links

@@ -6,15 +6,14 @@ stays constant however many rows there are; medians are read off the bins, to th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from map_fns.status import OK
-from output.reader import iter_batches
+from output.reader import OutputChunk, iter_batches
 
 SIMILARITY_BINS = np.linspace(-1.0, 1.0, 401)  # cosine similarities, 0.005 wide
 COLUMNS = ["status", "top_caption", "all_similarities", "rerank_similarities"]
@@ -93,9 +92,9 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return values[np.isfinite(values)]
 
 
-def summarise(output_dir: Path) -> CaptionSummary:
-    """One pass over the output's status, caption and similarity columns."""
+def summarise(chunks: Sequence[OutputChunk]) -> CaptionSummary:
+    """One pass over the chunks' status, caption and similarity columns."""
     summary = CaptionSummary()
-    for batch in iter_batches(output_dir, COLUMNS):
+    for batch in iter_batches(chunks, COLUMNS):
         summary.add(batch)
     return summary

@@ -1,6 +1,7 @@
 """Outputs the card and gallery tests read: one real tiny build of the bundled sample (embedded images), and
 a small URL-sourced output pointing at the loopback image server."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from builder.config import parse_config
 from builder.source import check_source
 from builder.stats import RunStats, merge_stats
 from dataset_card.inputs import CardInputs
-from output.layout import chunk_path
+from output.layout import STATS_FILE, chunk_name
+from output.reader import OutputChunk, local_chunks
 from output.schema import output_features
-from output.writer import write_parquet_atomically
+from output.store import OutputStore
+from output.writer import write_parquet_chunk
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -34,6 +37,10 @@ class Output:
     stats: dict  # merge_stats(...) of the run
 
     @property
+    def chunks(self) -> list[OutputChunk]:
+        return local_chunks(self.path)
+
+    @property
     def config(self) -> dict:
         """BuildConfig.to_dict() of the run."""
         return self.inputs.config
@@ -42,7 +49,8 @@ class Output:
         return pq.read_table(sorted((self.path / "data").glob("*.parquet")), columns=columns)
 
 
-def _inputs(output_dir: Path, *flags: str) -> CardInputs:
+def run_inputs(output_dir: str | Path, *flags: str) -> CardInputs:
+    """What a run with `flags` into `output_dir` hands the card and gallery."""
     cfg = parse_config(["--output_dir", str(output_dir), *flags])
     return card_inputs(cfg, check_source(cfg.source))
 
@@ -57,7 +65,7 @@ def built(tmp_path_factory, tiny_models) -> Output:
     proc = subprocess.run([sys.executable, "build.py", "--output_dir", str(output), *flags],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return Output(output, _inputs(output, *flags), merge_stats(sorted((output / "stats").glob("rank-*.json"))))
+    return Output(output, run_inputs(output, *flags), json.loads((output / STATS_FILE).read_text()))
 
 
 def url_row(url: str, text: str, status: str = "ok", error: str | None = None, caption: str = "a red square",
@@ -77,14 +85,18 @@ def write_output(path: Path, rows: list[dict], *flags: str, rows_per_chunk: int 
                  source_features: Features = URL_SOURCE) -> Output:
     """An output folder as a run leaves it, card aside: `rows` in chunks from the project's chunk writer, and
     the run's stats and config (`flags` as on the command line)."""
-    features = output_features(source_features)
+    features, store = output_features(source_features), OutputStore(str(path))
     for chunk, start in enumerate(range(0, len(rows), rows_per_chunk)):
         table = pa.Table.from_pylist(rows[start:start + rows_per_chunk], schema=features.arrow_schema)
-        write_parquet_atomically(table, chunk_path(path, 0, chunk))
+        write_parquet_chunk(store, chunk_name(0, chunk), table)
+    return Output(path, run_inputs(path, *flags), run_stats(rows))
+
+
+def run_stats(rows: list[dict]) -> dict:
+    """merge_stats(...) of a run that wrote `rows`, as one task."""
     stats = RunStats()
     stats.add({"status": [r["status"] for r in rows], "error": [r["error"] for r in rows]})
-    stats.save(path / "stats" / "rank-00000.json")
-    return Output(path, _inputs(path, *flags), merge_stats([path / "stats" / "rank-00000.json"]))
+    return merge_stats([stats.to_dict()])
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ PLOTS = ("caption_words", "first_ranker", "second_ranker")
 @pytest.fixture(scope="module")
 def card(built):
     """The card write_card makes of the build (over the one the run wrote)."""
-    write_card(built.path, built.inputs, built.stats)
+    write_card(built.path, built.chunks, built.inputs, built.stats)
     return DatasetCard.load(built.path / "README.md")
 
 
@@ -56,7 +56,7 @@ def test_yaml_round_trips_with_the_fields_the_hub_and_load_dataset_read(card, bu
 
 def test_the_source_is_named_by_the_run_and_the_bundled_sample_by_its_file_name(card, url_output):
     assert "8 source rows from `sample.parquet`, re-captioned" in card.text  # no path of the building machine
-    write_card(url_output.path, url_output.inputs, url_output.stats)
+    write_card(url_output.path, url_output.chunks, url_output.inputs, url_output.stats)
     linked = "[`someone/some-dataset`](https://huggingface.co/datasets/someone/some-dataset)"
     assert f"5 source rows from {linked}, re-captioned" in (url_output.path / "README.md").read_text()
 
@@ -67,7 +67,7 @@ def test_the_file_names_alone_make_every_chunk_the_train_split(card, built):
     found = DataFilesDict.from_patterns(patterns, base_path=built.path.as_posix())
     assert list(found) == ["train"]
     assert sorted(found["train"]) == [path.as_posix() for path in sorted(built.path.glob("data/*.parquet"))]
-    assert any(built.path.glob("plots/*.png")) and any(built.path.glob("stats/*.json"))  # there, and left out
+    assert any(built.path.glob("plots/*.png")) and any(built.path.glob("tasks/done/*.json"))  # there, and left out
 
 
 def test_load_dataset_still_reads_the_output(card, built, tmp_path):
@@ -84,8 +84,8 @@ def test_status_counts_and_ok_rate_match_the_parquet(card, built):
     shown = {status.strip("`"): int(count) for status, count, _ in table_rows(stats.split("\n\n**")[0])}
     assert shown == dict(statuses)
     assert f"({statuses['ok'] / sum(statuses.values()):.1%})" in stats
-    throughput = built.stats["rows"] / built.stats["wall_seconds"]
-    assert f"throughput: {throughput:.2f} rows/s" in stats
+    throughput = built.stats["rows"] / built.stats["worker_seconds"]
+    assert f"throughput: {throughput:.2f} rows per worker-second ({built.stats['worker_seconds']:.1f} " in stats
 
 
 def test_distributions_match_the_parquet_and_their_plots_are_linked_pngs(card, built):
@@ -134,7 +134,7 @@ def test_schema_lists_every_column_with_its_type(card, built):
 
 
 def test_error_reasons_counted_and_untrusted_text_inert(url_output):
-    write_card(url_output.path, url_output.inputs, url_output.stats)
+    write_card(url_output.path, url_output.chunks, url_output.inputs, url_output.stats)
     card = DatasetCard.load(url_output.path / "README.md")
     assert card.data.source_datasets == ["someone/some-dataset"]
     table = url_output.table(["status", "error"]).to_pylist()
@@ -158,7 +158,7 @@ def test_size_category(rows, category):
 
 
 def test_an_output_without_rows_still_gets_a_card(built, tmp_path):
-    stats = {"rows": 0, "statuses": {}, "errors": {}, "stage_seconds": {}, "reused_rows": 0, "wall_seconds": 0.0}
-    write_card(tmp_path, built.inputs, stats)
+    stats = {"rows": 0, "statuses": {}, "errors": {}, "stage_seconds": {}, "reused_rows": 0, "worker_seconds": 0.0}
+    write_card(tmp_path, [], built.inputs, stats)
     card = DatasetCard.load(tmp_path / "README.md")
     assert card.data.get("dataset_info") is None and "rows: **0**" in card.text

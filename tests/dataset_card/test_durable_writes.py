@@ -11,7 +11,6 @@ from dataclasses import replace
 from dataset_card.card import render_card, write_card
 from dataset_card.gallery import render_gallery, write_gallery
 from dataset_card.inputs import CardInputs
-from output.layout import LOCK_FILE
 from tests.dataset_card.conftest import ENV, REPO, Output, url_row, write_output
 
 # Writes past `limit` bytes into any one file fail with EFBIG (SIGXFSZ ignored, so the write raises instead of
@@ -20,11 +19,13 @@ WRITE_UNDER_LIMIT = """
 import json, pickle, resource, signal, sys
 from dataset_card.card import write_card
 from dataset_card.gallery import write_gallery
+from output.reader import local_chunks
 what, output, limit = sys.argv[1], sys.argv[2], int(sys.argv[5])
 inputs, stats = pickle.loads(bytes.fromhex(sys.argv[3])), json.loads(sys.argv[4])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
-write_card(output, inputs, stats) if what == "card" else write_gallery(output, inputs)
+chunks = local_chunks(output)
+write_card(output, chunks, inputs, stats) if what == "card" else write_gallery(output, chunks, inputs)
 """
 
 
@@ -41,8 +42,8 @@ def renamed(inputs: CardInputs, pretty_name: str) -> CardInputs:
 
 
 def hidden_files(folder) -> list:
-    """Hidden files a write left, but the run lock every build output holds."""
-    return [path for path in folder.rglob(".*") if path.is_file() and path.name != LOCK_FILE]
+    """Hidden files a write left."""
+    return [path for path in folder.rglob(".*") if path.is_file()]
 
 
 def long_output(path) -> Output:
@@ -54,10 +55,10 @@ def long_output(path) -> Output:
 
 def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
     output = long_output(tmp_path / "out")
-    write_card(output.path, renamed(output.inputs, "The previous card"), output.stats)
+    write_card(output.path, output.chunks, renamed(output.inputs, "The previous card"), output.stats)
     previous = (output.path / "README.md").read_bytes()
     output.inputs = renamed(output.inputs, "The next card")
-    next_card = len(render_card(output.path, output.inputs, output.stats).encode())
+    next_card = len(render_card(output.path, output.chunks, output.inputs, output.stats).encode())
     largest_plot = max(path.stat().st_size for path in output.path.glob("plots/*.png"))
     limit = (largest_plot + next_card) // 2
     assert largest_plot < limit < next_card  # the plots fit, the card does not
@@ -70,7 +71,7 @@ def test_a_card_write_cut_off_by_a_full_disk_leaves_the_previous_card(tmp_path):
 
 def test_a_plot_write_cut_off_by_a_full_disk_leaves_the_previous_plots(tmp_path):
     output = long_output(tmp_path / "out")
-    write_card(output.path, output.inputs, output.stats)
+    write_card(output.path, output.chunks, output.inputs, output.stats)
     previous = {path: path.read_bytes() for path in output.path.glob("plots/*.png")}
     assert len(previous) == 3
 
@@ -82,10 +83,10 @@ def test_a_plot_write_cut_off_by_a_full_disk_leaves_the_previous_plots(tmp_path)
 
 def test_a_gallery_write_cut_off_by_a_full_disk_leaves_the_previous_gallery(built, tmp_path):
     output = Output(shutil.copytree(built.path, tmp_path / "out"), built.inputs, built.stats)
-    write_gallery(output.path, renamed(output.inputs, "The previous gallery"))
+    write_gallery(output.path, output.chunks, renamed(output.inputs, "The previous gallery"))
     previous = (output.path / "gallery.html").read_bytes()
     output.inputs = renamed(output.inputs, "The next gallery")
-    next_gallery = len(render_gallery(output.path, output.inputs).encode())
+    next_gallery = len(render_gallery(output.chunks, output.inputs).encode())
 
     failed = write_under_limit("gallery", output, next_gallery // 2)
     assert failed.returncode != 0 and "File too large" in failed.stderr, failed.stderr[-2000:]

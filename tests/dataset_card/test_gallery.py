@@ -44,7 +44,7 @@ def thumbnails(text: str) -> list[Image.Image]:
 
 
 def test_embedded_images_become_small_inline_thumbnails(built):
-    path = write_gallery(built.path, built.inputs)
+    path = write_gallery(built.path, built.chunks, built.inputs)
     assert path == built.path / "gallery.html"
     text = path.read_text()
     page = Page(text)
@@ -61,11 +61,15 @@ def test_embedded_images_become_small_inline_thumbnails(built):
 
 def test_no_gallery_when_zero_rows_asked(built):
     inputs = replace(built.inputs, gallery_rows=0)
-    assert write_gallery(built.path, inputs) is None
+    assert write_gallery(built.path, built.chunks, inputs) is None
+
+
+def test_no_gallery_of_an_output_without_rows(built, tmp_path):
+    assert write_gallery(tmp_path, [], built.inputs) is None and not any(tmp_path.iterdir())
 
 
 def test_url_rows_are_refetched_and_a_dead_link_gets_a_placeholder(url_output, image_server):
-    text = write_gallery(url_output.path, url_output.inputs).read_text()
+    text = write_gallery(url_output.path, url_output.chunks, url_output.inputs).read_text()
     page = Page(text)
     assert page.rows == 3  # the ok rows only, though 10 were asked for
     assert len(page.images) == 2 and page.placeholders == 1
@@ -84,14 +88,14 @@ def test_image_cells_naming_local_files_are_read_only_for_a_local_source(tmp_pat
     Image.new("RGB", (40, 30), "red").save(picture)
     row = {**url_row("http://example.invalid/a.png", "a red picture"), "image": {"bytes": None, "path": str(picture)}}
     output = write_output(tmp_path / "out", [row], *source, source_features=Features({**URL_SOURCE, "image": ImageFeature()}))
-    text = write_gallery(output.path, output.inputs).read_text()
+    text = write_gallery(output.path, output.chunks, output.inputs).read_text()
     assert [image.size for image in thumbnails(text)] == ([(40, 30)] if read else [])
     assert Page(text).placeholders == (0 if read else 1)
     assert read or "local files are read only for a local source" in text
 
 
 def test_untrusted_text_is_escaped(url_output):
-    text = write_gallery(url_output.path, url_output.inputs).read_text()
+    text = write_gallery(url_output.path, url_output.chunks, url_output.inputs).read_text()
     page = Page(text)
     assert page.scripts == 1 and len(page.images) == 2 and page.external == []
     assert "&lt;script&gt;" in text and HOSTILE not in text
@@ -106,7 +110,7 @@ def chromium(*args: str, tmp_path) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("which", ["built", "url_output"])
 def test_a_real_browser_renders_every_row_and_decodes_every_thumbnail(which, request, tmp_path):
     output = request.getfixturevalue(which)
-    path = write_gallery(output.path, output.inputs)
+    path = write_gallery(output.path, output.chunks, output.inputs)
     expected = Page(path.read_text())
     dom = chromium("--dump-dom", path.as_uri(), tmp_path=tmp_path / "profile").stdout
     rendered = Page(dom)

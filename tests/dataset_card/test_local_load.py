@@ -14,7 +14,7 @@ def carded_output(path, run: str, rows: int) -> list[str]:
     texts = [f"{run} row {i}" for i in range(rows)]
     output = write_output(path, [url_row(f"http://example.invalid/{run}/{i}.jpg", text)
                                  for i, text in enumerate(texts)])
-    write_card(output.path, output.inputs, output.stats)
+    write_card(output.path, output.chunks, output.inputs, output.stats)
     return texts
 
 

@@ -49,7 +49,8 @@ def test_markdown_text_cuts_before_escaping():
 
 def test_the_card_shows_each_long_text_cut_and_its_size_stays_bounded(tmp_path):
     long, short = outputs(tmp_path, None, "--card_examples", str(ROWS))
-    card, baseline = render_card(long.path, long.inputs, long.stats), render_card(short.path, short.inputs, short.stats)
+    card = render_card(long.path, long.chunks, long.inputs, long.stats)
+    baseline = render_card(short.path, short.chunks, short.inputs, short.stats)
     cells = 2  # TEXT and top_caption of each example
     assert len(card.encode()) <= len(baseline.encode()) + ROWS * cells * MAX_SHOWN_CHARS * WIDEST_ESCAPE
     shown = table_rows(section(DatasetCard(card), "Examples"))
@@ -65,7 +66,7 @@ def test_the_card_lists_the_most_common_error_reasons_and_counts_the_rest(tmp_pa
     rows = [url_row(f"http://example.invalid/{i}-{n}.jpg", "t", "opted_out", reason)
             for i, reason in enumerate(reasons) for n in range(len(reasons) - i)]  # reason i on (27 - i) rows
     output = write_output(tmp_path / "out", rows)
-    card = DatasetCard(render_card(output.path, output.inputs, output.stats))
+    card = DatasetCard(render_card(output.path, output.chunks, output.inputs, output.stats))
     errors = "| error |" + section(card, "Statistics").split("| error |")[1]
     shown = table_rows(errors)
     assert [(unescape_markdown(reason), int(count)) for reason, count in shown[:-1]] == [
@@ -75,7 +76,7 @@ def test_the_card_lists_the_most_common_error_reasons_and_counts_the_rest(tmp_pa
 
 def test_the_gallery_shows_each_long_text_cut_and_its_size_stays_bounded(tmp_path, image_server):
     long, short = outputs(tmp_path, image_server, *LOOPBACK_GALLERY)
-    gallery, baseline = render_gallery(long.path, long.inputs), render_gallery(short.path, short.inputs)
+    gallery, baseline = render_gallery(long.chunks, long.inputs), render_gallery(short.chunks, short.inputs)
     cells = 6  # alt attribute and alt-text, top_caption, 2 candidates, URL of each row
     assert len(gallery.encode()) <= len(baseline.encode()) + ROWS * cells * MAX_SHOWN_CHARS * WIDEST_ESCAPE
     page = Page(gallery)

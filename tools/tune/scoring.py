@@ -13,7 +13,7 @@ from pathlib import Path
 from rouge_score.rouge_scorer import RougeScorer
 
 from map_fns.status import OK
-from output.reader import iter_batches
+from output.reader import iter_batches, local_chunks
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 COLUMNS = ["URL", "status", "top_caption", "all_similarities"]
@@ -47,7 +47,7 @@ def score_output(output_dir: Path, references: dict[str, list[str]]) -> PointSco
     scorer = rouge_scorer()
     rows, words, similarities = 0, [], []
     rouge: dict[str, list[float]] = {name: [] for name in ROUGE_TYPES}
-    for batch in iter_batches(output_dir, COLUMNS):
+    for batch in iter_batches(local_chunks(output_dir), COLUMNS):
         rows += batch.num_rows
         for row in batch.to_pylist():
             if row["status"] != OK:
