@@ -1,4 +1,4 @@
-"""The whole builder through `accelerate launch` with 2 CPU processes, tiny models, and bad rows mixed in."""
+"""The whole builder through `accelerate launch` with 2 CPU workers, tiny models, and bad rows mixed in."""
 
 import os
 import subprocess
@@ -48,14 +48,14 @@ def built(tmp_path_factory, image_server, sample_images, tiny_models):
         "image": pa.array([r[1] for r in rows], pa.binary()),
         "row_id": list(range(len(rows))),
     })
-    pq.write_table(table, source, row_group_size=len(rows) // 2 + 1)  # 2 row groups -> one per process
+    pq.write_table(table, source, row_group_size=len(rows) // 2 + 1)  # 2 row groups: 2 tasks
     output = tmp_path_factory.mktemp("out")
     cache_dir = Path(tiny_models.captioner).parents[1]
     proc = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
          "build.py", "--preset", "tiny", "--cache_dir", str(cache_dir), "--source", str(source),
          "--output_dir", str(output), "--batch_size", "3", "--allow_networks", "127.0.0.0/8",
-         "--fetch_retries", "0"],
+         "--fetch_retries", "0", "--rows_per_task", str(len(rows) // 2 + 1)],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,10 +65,11 @@ def built(tmp_path_factory, image_server, sample_images, tiny_models):
 
 
 @pytest.mark.timeout(300)
-def test_two_processes_each_wrote_their_share_and_together_every_row(built):
+def test_two_workers_wrote_every_row_once_in_files_named_by_task(built):
     rows, output, _ = built
     files = sorted(p.name for p in (output / "data").glob("*.parquet"))
-    assert {name.split("-")[1] for name in files} == {"00000", "00001"}, files
+    assert files == ["train-000000-00000.parquet", "train-000001-00000.parquet"]
+    assert sorted(p.name for p in (output / "tasks" / "done").iterdir()) == ["000000.json", "000001.json"]
     ids = [i for f in (output / "data").glob("*.parquet") for i in pq.read_table(f)["row_id"].to_pylist()]
     assert sorted(ids) == list(range(len(rows)))
 

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
-from output.layout import LOCK_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 PUSH = """
@@ -65,9 +64,9 @@ def _push(hub, output: Path, repo_id: str, **options) -> subprocess.CompletedPro
 
 
 def _pushable(output: Path) -> set[str]:
-    """Every file a final push must publish: all of the output but the progress records and the run lock."""
+    """Every file a final push must publish: all of the output but the tasks' records."""
     return {p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file()
-            and not p.relative_to(output).as_posix().startswith("progress/") and p.name != LOCK_FILE}
+            and not p.relative_to(output).as_posix().startswith("tasks/")}
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ def test_pushed_dataset_loads_every_row_with_the_local_schema_and_card(output, h
     answer = json.loads(loaded.stdout)
     assert answer["streamed_equal"]  # streaming reads the files by byte ranges
     assert answer["card"] == DatasetCard.load(output / "README.md").data.to_dict()
-    assert set(answer["files"]) == _pushable(output) | {".gitattributes"}  # no progress/, nothing else
+    assert set(answer["files"]) == _pushable(output) | {".gitattributes"}  # no tasks/, nothing else
 
 
 @pytest.mark.timeout(60)

@@ -184,8 +184,16 @@ def test_a_dead_workers_task_is_taken_over_without_a_relaunch_and_finishing_runs
     victim, survivor = start(worker(*flags)), start(worker(*flags))
 
     def victim_holds_a_started_task() -> bool:
-        leases = [json.loads(p.read_text()) for p in (output / "tasks" / "leases").glob("*.json")]
-        return len(leases) == 2 and recorded_rows(output) >= 2 * ROWS_PER_CHUNK
+        """The victim (worker ids carry their pid) holds a task with a chunk recorded and more to do."""
+        for lease in (output / "tasks" / "leases").glob("*.json"):
+            try:
+                holder = json.loads(lease.read_text())["worker"]
+                progress = json.loads((output / "tasks" / "progress" / lease.name).read_text())
+            except (OSError, ValueError):  # not there yet, or being replaced right now
+                continue
+            if f"-{victim.pid}-" in holder and progress["rows"] and not (output / "tasks" / "done" / lease.name).exists():
+                return True
+        return False
 
     assert wait_for(victim_holds_a_started_task, victim, survivor)
     kill(victim)

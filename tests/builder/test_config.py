@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder.config import BuildConfig, ConfigError, parse_config, save_config, sections
+from builder.config import BuildConfig, ConfigError, config_text, parse_config, sections
 from builder.flag_files import bundled_presets
 from builder.tiny_models import tiny_model_paths
 from map_fns.caption import CaptionConfig
@@ -285,11 +285,11 @@ def test_missing_output_dir_is_named(tmp_path):
     assert "--output_dir" in str(err.value) and "\n" not in str(err.value)
 
 
-# --- save_config round trip ------------------------------------------------------------------------------
+# --- config_text round trip ------------------------------------------------------------------------------
 
 
 def _round_trip(cfg: BuildConfig, path: Path) -> BuildConfig:
-    save_config(cfg, path)
+    path.write_text(config_text(cfg))
     again = parse_config(["--config", str(path)])
     # the only field that legitimately differs: the re-run records which YAML it was given
     assert again.run.config == str(path)

@@ -1,4 +1,4 @@
-"""The source: resolving paths / Hub ids, picking columns, and streaming this process's share of the rows."""
+"""The source: resolving paths / Hub ids, picking columns, cutting it into tasks and streaming a task's rows."""
 
 import hashlib
 import io
@@ -11,7 +11,7 @@ from datasets import Features, Image, Value
 from PIL import Image as PILImage
 
 from builder.config import ConfigError, SourceConfig
-from builder.source import bundled_sample, check_source, map_columns, open_stream, resolve_source
+from builder.source import bundled_sample, check_source, map_columns, open_stream, plan_tasks, resolve_source
 
 
 def _write(path: Path, table: pa.Table, row_group_size: int | None = None) -> Path:
@@ -174,9 +174,13 @@ def test_check_source_checks_the_columns_from_the_footer(tmp_path):
 # --- open_stream: columns ----------------------------------------------------------------------------------
 
 
-def _rows(resolved, cfg, rank=0, world_size=1):
-    features, rows = open_stream(resolved, cfg, rank, world_size)
-    return features, list(rows)
+def _rows(resolved, cfg, rows_per_task=1000):
+    """Every task's rows, task after task: the whole source as the run reads it."""
+    features, rows = None, []
+    for task in plan_tasks(resolved, cfg, rows_per_task):
+        features, stream = open_stream(resolved, cfg, task)
+        rows += list(stream)
+    return features, rows
 
 
 def test_columns_are_renamed_passed_through_and_moved_aside(tmp_path):
@@ -253,7 +257,7 @@ def test_an_image_source_without_url_or_text_column_stays_undecoded(tmp_path, mi
     assert [row["_row_key"] for row in rows] == [hashlib.sha256(b).hexdigest() for b in images]
 
 
-# --- open_stream: the work split -----------------------------------------------------------------------------
+# --- open_stream: tasks ---------------------------------------------------------------------------------------
 
 
 def _single_file(tmp_path, num_rows, row_groups):
@@ -270,69 +274,49 @@ def _three_files(tmp_path):
     return str(tmp_path / "parts"), list(range(start))
 
 
-def _per_rank(source: str, world_size: int, max_samples: int | None = None) -> list[list[int]]:
+def _per_task(source: str, rows_per_task: int, max_samples: int | None = None) -> list[list[int]]:
     cfg = SourceConfig(source=source, max_samples=max_samples)
     resolved = resolve_source(cfg)
-    return [[row["n"] for row in open_stream(resolved, cfg, rank, world_size)[1]] for rank in range(world_size)]
+    return [[row["n"] for row in open_stream(resolved, cfg, task)[1]]
+            for task in plan_tasks(resolved, cfg, rows_per_task)]
 
 
-def _check_split(per_rank: list[list[int]], expected: list[int]) -> None:
-    everything = [n for rows in per_rank for n in rows]
-    assert sorted(everything) == expected, "rows lost or duplicated"
-    for rows in per_rank:
-        assert rows == sorted(rows), "a rank's rows must keep source order"
-
-
-def test_single_file_with_four_row_groups_on_two_ranks_gets_whole_row_groups(tmp_path):
-    source, expected = _single_file(tmp_path, num_rows=16, row_groups=4)
-    per_rank = _per_rank(source, world_size=2)
-    _check_split(per_rank, expected)
-    groups = [{n // 4 for n in rows} for rows in per_rank]
-    assert all(len(rows) == 4 * len(g) for rows, g in zip(per_rank, groups)), "ranks must read whole row groups"
-    assert all(len(g) == 2 for g in groups)
-
-
-def test_three_files_on_two_ranks(tmp_path):
-    source, expected = _three_files(tmp_path)
-    _check_split(_per_rank(source, world_size=2), expected)
-
-
-def test_two_row_groups_on_three_ranks(tmp_path):
-    source, expected = _single_file(tmp_path, num_rows=10, row_groups=2)
-    per_rank = _per_rank(source, world_size=3)
-    _check_split(per_rank, expected)
-    assert all(per_rank), "every rank gets work"
+@pytest.mark.parametrize(("layout", "rows_per_task"), [
+    ("one row group", 7),  # tasks cut inside the row group
+    ("four row groups", 4),  # a task per row group
+    ("four row groups", 9),  # two whole row groups per task
+    ("three files", 5),  # tasks across file boundaries
+])
+def test_tasks_stream_every_row_once_in_source_order(tmp_path, layout, rows_per_task):
+    source, expected = {"one row group": lambda: _single_file(tmp_path, 16, 1),
+                        "four row groups": lambda: _single_file(tmp_path, 16, 4),
+                        "three files": lambda: _three_files(tmp_path)}[layout]()
+    per_task = _per_task(source, rows_per_task)
+    assert [n for rows in per_task for n in rows] == expected
+    assert all(0 < len(rows) <= rows_per_task for rows in per_task)
 
 
 @pytest.mark.parametrize("layout", ["single file", "three files"])
-def test_max_samples_is_the_first_rows_whatever_the_world_size(tmp_path, layout):
+def test_max_samples_is_the_first_rows_whatever_the_task_size(tmp_path, layout):
     source, all_rows = _single_file(tmp_path, 16, 4) if layout == "single file" else _three_files(tmp_path)
     max_samples = 7  # crosses a row group / file boundary
-    for world_size in (1, 2, 3):
-        _check_split(_per_rank(source, world_size, max_samples), all_rows[:max_samples])
+    for rows_per_task in (1, 3, 100):
+        assert [n for rows in _per_task(source, rows_per_task, max_samples) for n in rows] == all_rows[:max_samples]
 
 
-# --- resume: a later .skip(n) skips n of this process's own rows ---------------------------------------------
-
-
-@pytest.mark.parametrize(("layout", "world_size", "max_samples"), [
-    ("one row group", 2, None),  # split row by row: the case that duplicated rows on resume
-    ("one row group", 3, None),
-    ("four row groups", 2, None),  # split by whole row groups
-    ("three files", 2, None),  # 3 files on 2 processes: row groups, else row by row
-    ("four row groups", 2, 13),  # --max_samples: row by row
-])
-def test_skipping_rows_skips_this_process_rows_whatever_the_split(tmp_path, layout, world_size, max_samples):
+@pytest.mark.parametrize(("layout", "rows_per_task"), [("one row group", 40), ("four row groups", 15),
+                                                       ("three files", 12)])
+def test_a_resumed_task_streams_exactly_the_rows_after_its_recorded_ones(tmp_path, layout, rows_per_task):
     source = {"one row group": lambda: _single_file(tmp_path, 40, 1)[0],
               "four row groups": lambda: _single_file(tmp_path, 40, 4)[0],
               "three files": lambda: _three_files(tmp_path)[0]}[layout]()
-    cfg = SourceConfig(source=source, max_samples=max_samples)
+    cfg = SourceConfig(source=source)
     resolved = resolve_source(cfg)
-    for rank in range(world_size):
-        own = [row["n"] for row in open_stream(resolved, cfg, rank, world_size)[1]]
-        for done in (1, len(own) - 1):
-            rest = [row["n"] for row in open_stream(resolved, cfg, rank, world_size)[1].skip(done)]
-            assert rest == own[done:], f"rank {rank} after {done} of its rows"
+    for task in plan_tasks(resolved, cfg, rows_per_task):
+        own = [row["n"] for row in open_stream(resolved, cfg, task)[1]]
+        for done in (1, len(own) // 2, len(own) - 1, len(own)):
+            rest = [row["n"] for row in open_stream(resolved, cfg, task, skip=done)[1]]
+            assert rest == own[done:], f"task {task.index} after {done} of its rows"
 
 
 # --- bad sources: one line before any work, or every row kept -----------------------------------------------
@@ -346,7 +330,7 @@ def test_files_without_rows_are_left_out_and_a_source_without_any_is_named(tmp_p
     assert resolved.parquet_files == [str(good)] and resolved.rows == 3
     assert "b.parquet" in caplog.text and "c.parquet" in caplog.text
     cfg = SourceConfig(source=str(tmp_path / "src"))
-    assert [row["n"] for row in open_stream(resolved, cfg, 0, 1)[1]] == [0, 1, 2]
+    assert [row["n"] for row in _rows(resolved, cfg)[1]] == [0, 1, 2]
 
     empty = _write(tmp_path / "zero.parquet", _numbered(0, 0))
     assert "has no rows" in _one_line_error(check_source, SourceConfig(source=str(empty)))
@@ -389,7 +373,7 @@ def test_an_image_column_that_holds_no_images(tmp_path, caplog, values):
     cfg = SourceConfig(source=str(path))  # found by its name only: passed through, the URLs are fetched
     resolved = check_source(cfg)
     assert "not image bytes" in caplog.text
-    rows = list(open_stream(resolved, cfg, 0, 1)[1])
+    rows = _rows(resolved, cfg)[1]
     assert [row["image"] for row in rows] == values and [row["_row_key"] for row in rows] == [row["URL"] for row in rows]
 
 
@@ -397,7 +381,7 @@ def test_invalid_utf8_keeps_its_row_with_the_bad_bytes_replaced(tmp_path):
     captions = pa.array([b"fine", b"caf\xe9 \xff", None, b"ok"], pa.binary()).view(pa.string())  # unchecked bytes
     table = pa.table({"url": [f"http://img.test/{i}.jpg" for i in range(4)], "caption": captions, "n": [0, 1, 2, 3]})
     cfg = SourceConfig(source=str(_write(tmp_path / "rows.parquet", table)))
-    rows = list(open_stream(check_source(cfg), cfg, 0, 1)[1])
+    rows = _rows(check_source(cfg), cfg)[1]
     assert [row["TEXT"] for row in rows] == ["fine", "caf\ufffd \ufffd", None, "ok"]
     assert [row["n"] for row in rows] == [0, 1, 2, 3]
 
@@ -422,8 +406,7 @@ def test_an_image_feature_column_is_never_decoded_or_fetched(tmp_path, image_ser
     dataset.to_parquet(tmp_path / "rows.parquet")
     fetched = [image_server.count("/img/jpeg_rgb?stream=1"), image_server.count("/img/png_rgb?stream=2")]
     cfg = SourceConfig(source=str(tmp_path / "rows.parquet"))
-    features, stream = open_stream(check_source(cfg), cfg, 0, 1)
-    rows = list(stream)
+    features, rows = _rows(check_source(cfg), cfg)
     assert [row["image"] for row in rows] == [{"bytes": b"\xff\xd8 not a jpeg", "path": None},
                                               {"bytes": None, "path": path_url}, {"bytes": good, "path": None}]
     assert rows[0]["thumbs"] == [{"bytes": None, "path": nested_url}]
@@ -431,3 +414,38 @@ def test_an_image_feature_column_is_never_decoded_or_fetched(tmp_path, image_ser
     assert [image_server.count("/img/jpeg_rgb?stream=1"), image_server.count("/img/png_rgb?stream=2")] == fetched
     assert features["image"] == Image() and features["thumbs"] == datasets.List(Image())  # as declared
     assert rows[0]["_row_key"] == hashlib.sha256(b"\xff\xd8 not a jpeg").hexdigest()
+
+
+# --- a Hub source: tasks from its parquet files' footers, read by byte ranges ------------------------------------
+
+HUB_TASKS = """
+import json, sys
+from builder.config import SourceConfig
+from builder.source import check_source, open_stream, plan_tasks
+cfg = SourceConfig(source=sys.argv[1])
+resolved = check_source(cfg)
+tasks = plan_tasks(resolved, cfg, 5)
+print(json.dumps({"files": sorted({piece.file for task in tasks for piece in task.pieces}),
+                  "tasks": [[row["n"] for row in open_stream(resolved, cfg, task)[1]] for task in tasks],
+                  "resumed": [row["n"] for row in open_stream(resolved, cfg, tasks[1], skip=3)[1]]}))
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_hub_source_is_cut_into_tasks_from_its_parquet_footers(hub_server, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / "repo"
+    _write(folder / "data" / "train-00000-of-00002.parquet", _numbered(0, 8), row_group_size=4)
+    _write(folder / "data" / "train-00001-of-00002.parquet", _numbered(8, 14), row_group_size=6)
+    hub_server.add_repo("user/rows", folder, repo_type="datasets")
+    done = subprocess.run([sys.executable, "-c", HUB_TASKS, "user/rows"], cwd=Path(__file__).resolve().parents[2],
+                          env=hub_server.env(), capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [len(rows) for rows in got["tasks"]] == [4, 4, 5, 1]  # whole row groups where they fit; 6 is cut
+    assert [n for rows in got["tasks"] for n in rows] == list(range(14))
+    assert got["resumed"] == got["tasks"][1][3:]
+    assert all(file.startswith("hf://datasets/user/rows@") for file in got["files"]) and len(got["files"]) == 2

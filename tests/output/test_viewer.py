@@ -15,15 +15,17 @@ from builder.card_inputs import card_inputs
 from builder.config import parse_config
 from builder.source import check_source
 from dataset_card.card import write_card
-from output.layout import chunk_path
+from output.layout import chunk_name, chunk_path
 from output.schema import output_features
 from output.viewer import MAX_ROW_GROUP_BYTES, ViewerCheckError, check_viewer_ready, chunk_files_problem
-from output.writer import ROW_GROUP_TARGET_BYTES, write_parquet_atomically
+from output.reader import local_chunks
+from output.store import OutputStore
+from output.writer import ROW_GROUP_TARGET_BYTES, write_parquet_chunk
 
 SOURCE = Features({"URL": Value("string"), "TEXT": Value("string"), "image": Image(), "punsafe": Value("float32")})
 IMAGE_BYTES = b"\x89PNG" + bytes(range(256)) * 256  # big enough that the writer keeps no min/max for it
 STATS = {"rows": 3, "statuses": {"ok": 2, "fetch_error": 1}, "errors": {"timeout": 1}, "stage_seconds": {},
-         "reused_rows": 0, "wall_seconds": 1.5}
+         "reused_rows": 0, "worker_seconds": 1.5}
 
 
 def output_table(features: Features = output_features(SOURCE), **values) -> pa.Table:
@@ -38,9 +40,9 @@ def good_output(output_dir: Path, chunks: int = 2) -> Path:
     """What the builder leaves: chunks from the project's writer, a card from the project's renderer."""
     (output_dir / "data").mkdir(parents=True)
     for chunk in range(chunks):
-        write_parquet_atomically(output_table(), chunk_path(output_dir, 0, chunk))
+        write_parquet_chunk(OutputStore(str(output_dir)), chunk_name(0, chunk), output_table())
     cfg = parse_config(["--output_dir", str(output_dir)])
-    write_card(output_dir, card_inputs(cfg, check_source(cfg.source)), STATS)
+    write_card(output_dir, local_chunks(output_dir), card_inputs(cfg, check_source(cfg.source)), STATS)
     return output_dir
 
 
@@ -53,7 +55,7 @@ def problems(output_dir: Path, **limits) -> list[str]:
 
 def test_the_builders_own_output_passes_and_hidden_temp_files_are_ignored(tmp_path):
     output_dir = good_output(tmp_path / "out")
-    (output_dir / "data" / ".train-00000-00002.parquet.tmp").write_bytes(b"half a file")
+    (output_dir / "data" / ".train-000000-00002.parquet.tmp").write_bytes(b"half a file")
     check_viewer_ready(output_dir)
 
 
@@ -64,9 +66,9 @@ def test_a_file_with_another_schema_is_named_with_what_differs(tmp_path):
     pq.write_table(odd, chunk_path(output_dir, 1, 0), write_page_index=True)
     summary, line = problems(output_dir)
     assert summary.endswith("is not ready for the Hub viewer: 1 problem")
-    assert line.startswith("schema differs from data/train-00000-00000.parquet: "
+    assert line.startswith("schema differs from data/train-000000-00000.parquet: "
                            "column types image_width int64 (not int32)")
-    assert line.endswith(": data/train-00001-00000.parquet")
+    assert line.endswith(": data/train-000001-00000.parquet")
 
 
 def test_an_oversized_row_group_is_named_by_file_and_index(tmp_path):
@@ -75,7 +77,7 @@ def test_an_oversized_row_group_is_named_by_file_and_index(tmp_path):
     check_viewer_ready(output_dir, max_row_group_bytes=size)
     _, line = problems(output_dir, max_row_group_bytes=size - 1)
     assert line == (f"row groups over {size - 1:,} bytes uncompressed: "
-                    f"data/train-00000-00000.parquet row group 0 ({size:,} bytes)")
+                    f"data/train-000000-00000.parquet row group 0 ({size:,} bytes)")
 
 
 def test_the_default_limits_are_the_viewers_and_the_writer_stays_under_them():
@@ -88,7 +90,7 @@ def test_a_file_without_page_index_is_rejected(tmp_path):
     output_dir = good_output(tmp_path / "out")
     pq.write_table(output_table(), chunk_path(output_dir, 1, 0), compression="zstd")  # pyarrow's default: none
     assert problems(output_dir)[1:] == [
-        "column chunks without a page index (offset index): data/train-00001-00000.parquet"]
+        "column chunks without a page index (offset index): data/train-000001-00000.parquet"]
 
 
 def test_too_many_files_in_a_pushed_folder_are_rejected(tmp_path):
@@ -107,7 +109,7 @@ def test_url_stored_as_an_image_feature_is_rejected(tmp_path):
     table = output_table(features, URL={"bytes": None, "path": "http://127.0.0.1/a.png"})
     pq.write_table(table, chunk_path(output_dir, 0, 0), write_page_index=True)
     assert problems(output_dir)[1:] == ["URL is not a plain string column (an Image of external URLs breaks the "
-                                        "viewer): data/train-00000-00000.parquet"]
+                                        "viewer): data/train-000000-00000.parquet"]
 
 
 def test_broken_card_yaml_is_rejected(tmp_path):
@@ -136,13 +138,13 @@ def test_a_card_whose_train_glob_misses_the_data_files_is_rejected(tmp_path, glo
     output_dir = good_output(tmp_path / "out", chunks=1)
     _card_with_train_glob(output_dir, glob)
     assert problems(output_dir)[1:] == [
-        f"README.md config 'default' train data_files ['{glob}'] do not match: data/train-00000-00000.parquet"]
+        f"README.md config 'default' train data_files ['{glob}'] do not match: data/train-000000-00000.parquet"]
 
 
 def test_without_configs_every_data_file_must_be_train_by_name_and_nothing_else_a_split(tmp_path):
     output_dir = good_output(tmp_path / "out", chunks=1)
     assert "configs" not in DatasetCard.load(output_dir / "README.md").data
-    write_parquet_atomically(output_table(), output_dir / "data" / "extra-00000.parquet")
+    write_parquet_chunk(OutputStore(str(output_dir)), "data/extra-00000.parquet", output_table())
     (output_dir / "plots" / "validation-notes.png").write_bytes(b"\x89PNG")
     assert problems(output_dir)[1:] == [
         "README.md has no configs, and these names do not make the file part of the train split: "
@@ -155,7 +157,7 @@ def test_a_problem_in_many_files_names_the_first_twenty_and_counts_the_rest(tmp_
     for chunk in range(23):
         pq.write_table(output_table(), chunk_path(output_dir, 0, chunk))
     [line] = problems(output_dir)[1:]
-    assert line.endswith("data/train-00000-00019.parquet and 3 more")
+    assert line.endswith("data/train-000000-00019.parquet and 3 more")
     assert line.count("data/train-") == 20
 
 
@@ -167,8 +169,8 @@ def test_every_problem_is_listed_at_once(tmp_path):
     summary, *lines = problems(output_dir)
     assert summary == f"{output_dir} is not ready for the Hub viewer: 3 problems"
     assert lines == [
-        "column chunks without a page index (offset index): data/train-00000-00000.parquet",
-        "schema differs from data/train-00000-00000.parquet: missing columns punsafe: data/train-00001-00000.parquet",
+        "column chunks without a page index (offset index): data/train-000000-00000.parquet",
+        "schema differs from data/train-000000-00000.parquet: missing columns punsafe: data/train-000001-00000.parquet",
         "README.md is missing",
     ]
 

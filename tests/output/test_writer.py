@@ -2,7 +2,6 @@
 
 import os
 from collections import Counter
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -13,7 +12,8 @@ from builder.stats import RunStats, format_stats, merge_stats
 from map_fns.status import DECODE_ERROR, FETCH_ERROR, INVALID_URL, NO_CAPTION, OK
 from output.layout import chunk_path
 from output.schema import output_features
-from output.writer import ChunkWriter, remove_leftovers, write_parquet_atomically
+from output.store import OutputStore
+from output.writer import ChunkWriter, write_parquet_chunk
 
 # DESIGN §3, in its order: the generated columns and their types
 GENERATED = {
@@ -97,21 +97,21 @@ def _batch(start: int, failed: bool) -> dict[str, list]:
 
 def test_chunks_are_numbered_in_order_end_on_whole_batches_and_share_one_schema(tmp_path):
     features = output_features(SOURCE_FEATURES)
-    rank = 7
+    task = 7
     reported = []
 
     def on_chunk(table):  # the progress record may only say so once the chunk is on disk
-        assert chunk_path(tmp_path, rank, 1 + len(reported)).exists()
+        assert chunk_path(tmp_path, task, 1 + len(reported)).exists()
         reported.append(table)
 
-    writer = ChunkWriter(tmp_path, rank, features, rows_per_chunk=3, first_chunk=1, on_chunk=on_chunk)
+    writer = ChunkWriter(OutputStore(str(tmp_path)), task, features, rows_per_chunk=3, first_chunk=1, on_chunk=on_chunk)
     batches = [_batch(0, False), _batch(2, False), _batch(4, True), _batch(6, True)]  # 2 rows each
     for batch in batches:
         writer.add(batch)
     writer.close()
 
-    paths = [tmp_path / "data" / f"train-{rank:05d}-{chunk:05d}.parquet" for chunk in range(1, 3)]
-    assert paths == [chunk_path(tmp_path, rank, chunk) for chunk in range(1, 3)]
+    paths = [tmp_path / "data" / f"train-{task:06d}-{chunk:05d}.parquet" for chunk in range(1, 3)]
+    assert paths == [chunk_path(tmp_path, task, chunk) for chunk in range(1, 3)]
     assert sorted(os.listdir(tmp_path / "data")) == [p.name for p in paths], "temp or extra files left"
     assert writer.chunks_written == 3
 
@@ -139,7 +139,7 @@ def test_chunks_are_numbered_in_order_end_on_whole_batches_and_share_one_schema(
 
 def test_chunks_are_zstd_with_a_page_index(tmp_path):
     features = output_features(SOURCE_FEATURES)
-    writer = ChunkWriter(tmp_path, 0, features, rows_per_chunk=2)
+    writer = ChunkWriter(OutputStore(str(tmp_path)), 0, features, rows_per_chunk=2)
     writer.add(_batch(0, False))
     writer.add(_batch(2, True))
     writer.close()
@@ -153,70 +153,69 @@ def test_chunks_are_zstd_with_a_page_index(tmp_path):
 
 
 def test_an_exact_multiple_writes_no_empty_chunk(tmp_path):
-    writer = ChunkWriter(tmp_path, 0, output_features(SOURCE_FEATURES), rows_per_chunk=2)
+    writer = ChunkWriter(OutputStore(str(tmp_path)), 0, output_features(SOURCE_FEATURES), rows_per_chunk=2)
     for start in (0, 2):
         writer.add(_batch(start, False))
     writer.close()
     assert sorted(os.listdir(tmp_path / "data")) == [chunk_path(tmp_path, 0, c).name for c in range(2)]
 
 
-# --- write_parquet_atomically ----------------------------------------------------------------------------------
+# --- write_parquet_chunk ---------------------------------------------------------------------------------------
 
 
-def test_atomic_write_replaces_the_target(tmp_path):
-    target = tmp_path / "train-00000-00000.parquet"
-    write_parquet_atomically(pa.table({"a": [1, 2]}), target)
-    write_parquet_atomically(pa.table({"a": [3, 4, 5]}), target)
+def test_a_chunk_write_replaces_the_target_whole(tmp_path):
+    target = tmp_path / "data" / "train-000000-00000.parquet"
+    write_parquet_chunk(OutputStore(str(tmp_path)), "data/train-000000-00000.parquet", pa.table({"a": [1, 2]}))
+    write_parquet_chunk(OutputStore(str(tmp_path)), "data/train-000000-00000.parquet", pa.table({"a": [3, 4, 5]}))
     assert pq.read_table(target).column("a").to_pylist() == [3, 4, 5]
-    assert os.listdir(tmp_path) == [target.name]
+    assert os.listdir(tmp_path / "data") == [target.name]
 
 
-def test_a_failed_write_leaves_the_previous_target_intact(tmp_path):
-    target = tmp_path / "train-00000-00000.parquet"
-    write_parquet_atomically(pa.table({"a": [1, 2]}), target)
+def test_a_failed_chunk_write_leaves_the_previous_chunk_intact(tmp_path):
+    store = OutputStore(str(tmp_path))
+    target = tmp_path / "data" / "train-000000-00000.parquet"
+    write_parquet_chunk(store, "data/train-000000-00000.parquet", pa.table({"a": [1, 2]}))
     before = target.read_bytes()
     unwritable = pa.table({"a": pa.array([(1, 2, 3)], pa.month_day_nano_interval())})  # no parquet type for it
     with pytest.raises(pa.ArrowException):
-        write_parquet_atomically(unwritable, target)
+        write_parquet_chunk(store, "data/train-000000-00000.parquet", unwritable)
     assert target.read_bytes() == before
-    assert os.listdir(tmp_path) == [target.name]
+    assert os.listdir(tmp_path / "data") == [target.name]
 
 
-def test_a_failed_write_creates_no_target(tmp_path):
+def test_a_failed_chunk_write_creates_no_chunk(tmp_path):
     (tmp_path / "data").write_text("a file where the folder should be")
-    target = tmp_path / "data" / "train-00000-00000.parquet"
     with pytest.raises(OSError):
-        write_parquet_atomically(pa.table({"a": [1]}), target)
-    assert not target.exists() and sorted(os.listdir(tmp_path)) == ["data"]
+        write_parquet_chunk(OutputStore(str(tmp_path)), "data/train-000000-00000.parquet", pa.table({"a": [1]}))
+    assert sorted(os.listdir(tmp_path)) == ["data"]
 
 
 # --- stats -------------------------------------------------------------------------------------------------------
 
 
-RANK_BATCHES = [
+TASK_BATCHES = [
     [{"status": [OK, OK, FETCH_ERROR], "error": [None, None, "HTTP 404"]},
      {"status": [DECODE_ERROR, OK], "error": ["not an image", None]}],
     [{"status": [FETCH_ERROR, FETCH_ERROR, INVALID_URL, NO_CAPTION],
       "error": ["HTTP 404", "timed out", "empty URL", "all candidates empty"]}],
-    [],  # a rank that got no rows
+    [],  # a task whose rows were all carried over (--retry_failed)
 ]
 
 
-def _save_ranks(tmp_path: Path) -> list[Path]:
-    paths = []
-    for rank, batches in enumerate(RANK_BATCHES):
+def _task_stats() -> list[dict]:
+    """One task's counters per list of batches, as their done markers hold them."""
+    parts = []
+    for batches in TASK_BATCHES:
         stats = RunStats()
         for batch in batches:
             stats.add(batch)
-        path = tmp_path / "stats" / f"rank-{rank:05d}.json"
-        stats.save(path)
-        paths.append(path)
-    return paths
+        parts.append(stats.to_dict())
+    return parts
 
 
-def test_merge_stats_sums_the_rank_files(tmp_path):
-    merged = merge_stats(_save_ranks(tmp_path))
-    batches = [b for rank in RANK_BATCHES for b in rank]
+def test_merge_stats_sums_the_tasks_counters():
+    merged = merge_stats(_task_stats())
+    batches = [b for task in TASK_BATCHES for b in task]
     statuses = Counter(s for b in batches for s in b["status"])
     errors = Counter(f"{s}: {e}" for b in batches for s, e in zip(b["status"], b["error"]) if e)
     assert merged["rows"] == sum(len(b["status"]) for b in batches)
@@ -225,23 +224,11 @@ def test_merge_stats_sums_the_rank_files(tmp_path):
         assert list(counts.values()) == sorted(counts.values(), reverse=True), "most common first"
 
 
-def test_format_stats_mentions_every_status_and_error(tmp_path):
-    merged = merge_stats(_save_ranks(tmp_path))
+def test_format_stats_mentions_every_status_and_error():
+    merged = merge_stats(_task_stats())
     text = format_stats(merged)
     assert str(merged["rows"]) in text.splitlines()[0]
     for status, count in merged["statuses"].items():
         assert any(status in line and str(count) in line for line in text.splitlines()), status
     for reason in merged["errors"]:
         assert reason in text
-
-
-def test_leftovers_beyond_the_record_are_removed_and_nothing_else(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for name in ("train-00000-00000.parquet", "train-00000-00001.parquet", "train-00000-00002.parquet",
-                 ".train-00000-00002.parquet.tmp", "train-00001-00005.parquet", ".train-00001-00006.parquet.tmp"):
-        (data / name).write_bytes(b"x")
-    remove_leftovers(tmp_path, rank=0, first_chunk=2)
-    assert sorted(p.name for p in data.iterdir()) == [
-        ".train-00001-00006.parquet.tmp", "train-00000-00000.parquet", "train-00000-00001.parquet",
-        "train-00001-00005.parquet"]  # rank 1's files are rank 1's business

@@ -60,12 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         return failed(err)
 
-    from builder.run import join_processes
-
-    state = join_processes()
     try:
-        scores = search(planned, source, state, references)
-        if state.is_main_process:
+        scores = search(planned, source, references)
+        if None not in scores:  # else a worker still finishing a point writes the results once it scored it
             write_results(planned, scores, args.metric, Path(args.output_dir))
     except (ConfigError, RunInterrupted, NothingScored) as err:
         return failed(err)

@@ -1,5 +1,6 @@
 """The grid search: each point is a full build of the images (its own output under DIR/points/NAME/, so the
-build's resume covers a point killed half-way), then scored against the references.
+build's resume covers a point killed half-way), then scored against the references. Every process is a worker
+of each point's build in turn; whoever sees a point finished scores it.
 
 A point is done when its `score.json` records the settings it was built with and the references it was
 scored against; a re-run skips such points without loading a model, and re-scores (without rebuilding) one
@@ -17,6 +18,7 @@ from pathlib import Path
 from builder.config import BuildConfig, ConfigError, parse_config
 from builder.resume import run_settings
 from output.durable import write_json_durably
+from output.layout import FINISHED_FILE
 from tools.tune.grid import Point
 from tools.tune.scoring import PointScore, score_output
 
@@ -56,50 +58,50 @@ def references_fingerprint(references: dict[str, list[str]]) -> str:
     return hashlib.sha256(json.dumps(references, sort_keys=True).encode()).hexdigest()
 
 
-def done_score(planned: PlannedPoint, world_size: int, fingerprint: str) -> PointScore | None:
+def done_score(planned: PlannedPoint, fingerprint: str) -> PointScore | None:
     """The point's score if it was made with these settings and references, else None."""
     path = planned.output_dir / SCORE_FILE
     if planned.cfg.run.overwrite or not path.exists():
         return None
     saved = json.loads(path.read_text())
-    if saved["settings"] != run_settings(planned.cfg, world_size) or saved["references"] != fingerprint:
+    if saved["settings"] != run_settings(planned.cfg) or saved["references"] != fingerprint:
         return None
     return PointScore(**saved["score"])
 
 
-def run_point(planned: PlannedPoint, source, state, references: dict[str, list[str]], fingerprint: str
-              ) -> PointScore | None:
-    """Build (or resume, or find finished) the point's output on every process; the main process scores it
-    and returns the score, the others None."""
+def run_point(planned: PlannedPoint, source, references: dict[str, list[str]], fingerprint: str) -> PointScore | None:
+    """Work on the point's build as one of any number of workers; once it is finished (by this worker or
+    another), score it. None if another worker is still finishing it: that worker scores it."""
     from builder.run import build
 
-    build(planned.cfg, source, state)
-    score = None
-    if state.is_main_process:
-        score = score_output(planned.output_dir, references)
-        write_json_durably(planned.output_dir / SCORE_FILE, {
-            "point": planned.point.values, "settings": run_settings(planned.cfg, state.num_processes),
-            "references": fingerprint, "score": score.to_dict()})
-    state.wait_for_everyone()
+    build(planned.cfg, source, None)
+    if not (planned.output_dir / FINISHED_FILE).exists():
+        return None
+    score = score_output(planned.output_dir, references)
+    write_json_durably(planned.output_dir / SCORE_FILE, {
+        "point": planned.point.values, "settings": run_settings(planned.cfg), "references": fingerprint,
+        "score": score.to_dict()})
     return score
 
 
-def search(planned: list[PlannedPoint], source, state, references: dict[str, list[str]]) -> list[PointScore]:
-    """Scores of every point, in grid order (on the main process; the others get an empty list)."""
+def search(planned: list[PlannedPoint], source, references: dict[str, list[str]]) -> list[PointScore | None]:
+    """Scores of every point, in grid order; None for a point another worker is still finishing."""
     from tqdm.auto import tqdm
+
+    from builder.cli import is_main_process
 
     fingerprint = references_fingerprint(references)
     scores = []
-    for item in tqdm(planned, desc="grid points", unit="point", disable=not state.is_main_process):
-        score = done_score(item, state.num_processes, fingerprint)
+    for item in tqdm(planned, desc="grid points", unit="point", disable=not is_main_process()):
+        score = done_score(item, fingerprint)
         if score is not None:
             logger.info("point %s (%s): already scored, skipped", item.point.name, item.point.describe())
         else:
             logger.info("point %s (%s): building %s", item.point.name, item.point.describe(), item.output_dir)
-            score = run_point(item, source, state, references, fingerprint)
+            score = run_point(item, source, references, fingerprint) or done_score(item, fingerprint)
         if score is not None and score.ok_rows and not score.scored_rows:
             raise ConfigError(f"none of the {score.ok_rows} captioned images of {item.output_dir} has references: "
                               f"--reference_key values must equal the images' URLs (references hold e.g. "
                               f"{next(iter(references))!r})")
         scores.append(score)
-    return scores if state.is_main_process else []
+    return scores
