@@ -12,12 +12,12 @@ import sys
 
 from builder.cli import failed
 from builder.config import BuildConfig, ConfigError, parse_config
-from builder.hub import PushError, check_can_push
+from builder.hub import PushError, check_can_push, check_chunk_files
 from builder.interrupt import RunInterrupted
 from builder.source import ResolvedSource, check_source, plan_tasks
 from builder.tasks import Task
 from output.store import OutputStore
-from output.viewer import ViewerCheckError, chunk_files_problem
+from output.viewer import ViewerCheckError
 
 
 def check_before_work(cfg: BuildConfig) -> tuple[ResolvedSource, list[Task] | None]:
@@ -38,11 +38,8 @@ def check_before_work(cfg: BuildConfig) -> tuple[ResolvedSource, list[Task] | No
                               "with `hf upload`, or build into a local folder")
         check_can_push(cfg.publish.push_to_hub)
     plan = plan_tasks(source, cfg.source, cfg.run.rows_per_task) if source.parquet_files else None
-    problem = plan and chunk_files_problem([task.rows for task in plan], cfg.run.rows_per_chunk, cfg.run.batch_size)
-    if problem and cfg.publish.push_to_hub:
-        raise ConfigError(problem)
-    if problem and os.environ.get("RANK", "0") == "0":
-        print(f"warning: {problem} (the output could not be pushed as it is)", file=sys.stderr)
+    if plan:  # a Hub source's tasks are checked once the first worker made them
+        check_chunk_files(cfg, plan)
     return source, plan
 
 

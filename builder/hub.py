@@ -9,14 +9,17 @@ push picks up where it stopped and re-pushing an unchanged folder changes nothin
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from collections.abc import Collection
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 
+from builder.cli import is_main_process
 from builder.config import ConfigError
 from output.layout import CARD, PUSHED_DATA, PUSHED_FINAL
+from output.viewer import chunk_files_problem
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,17 @@ def check_can_push(repo_id: str) -> None:
     """Fail before any work when no token is available, instead of after hours of captioning."""
     if not get_token():
         raise ConfigError(f"--push_to_hub {repo_id} needs a Hub token: set HF_TOKEN or run `hf auth login`")
+
+
+def check_chunk_files(cfg, tasks: list) -> None:
+    """Before any work: a run whose chunks would overflow one Hub folder is refused if it is to be pushed, and
+    warned about (once per launch) otherwise; a fallback task (rows unknown) cannot be checked."""
+    rows = [task.rows for task in tasks]
+    problem = None not in rows and chunk_files_problem(rows, cfg.run.rows_per_chunk, cfg.run.batch_size)
+    if problem and cfg.publish.push_to_hub:
+        raise ConfigError(problem)
+    if problem and is_main_process():
+        print(f"warning: {problem} (the output could not be pushed as it is)", file=sys.stderr)
 
 
 def push_output(output_dir: Path, repo_id: str, *, private: bool = False, revision: str | None = None,

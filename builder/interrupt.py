@@ -1,8 +1,8 @@
 """Stopping cleanly when the scheduler says so: Slurm and spot instances send SIGTERM, a user presses Ctrl-C.
 
 The first signal only asks the write loop to stop after the batch in hand: chunks already written and the task's
-progress record stay consistent, the rows since the last chunk are computed again when the task is taken up again
-(its lease expires, or the same worker comes back). A second
+progress record stay consistent, and the worker gives its task back (drops its lease), so any worker takes it
+up again at once; the rows since the last chunk are computed again then. A second
 signal stops at once.
 """
 

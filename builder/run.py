@@ -21,7 +21,7 @@ from builder.claims import Board, Heartbeat, worker_id
 from builder.cli import is_main_process
 from builder.config import BuildConfig, config_text
 from builder.finish import finish_once
-from builder.hub import push_output
+from builder.hub import check_chunk_files, push_output
 from builder.interrupt import RunInterrupted, StopRequest, stop_on_signals
 from builder.prefetch import map_ahead
 from builder.progress import WorkerProgress
@@ -46,7 +46,7 @@ TINY_WARNING = (
     "!! --preset tiny: tiny RANDOM models. Captions are noise. For smoke runs and tests only.\n"
     + "!" * 78
 )
-IDLE_POLL_SECONDS = (1.0, 30.0)  # bounds of how often an idle worker looks again (a tenth of --lease_seconds)
+IDLE_POLL_SECONDS = (1.0, 10.0)  # bounds of how often an idle worker looks again (a tenth of --lease_seconds)
 
 
 def this_process_device():
@@ -138,6 +138,8 @@ def build(cfg: BuildConfig, source: ResolvedSource, plan: list[Task] | None) -> 
         check_hub_columns(source, cfg.source)
     store = OutputStore(cfg.run.output_dir)
     tasks = start_or_join(store, cfg, plan, lambda: plan_tasks(source, cfg.source, cfg.run.rows_per_task))
+    if plan is None:
+        check_chunk_files(cfg, tasks)
     store.write_bytes(CONFIG_FILE, config_text(cfg).encode())  # so that `python -m builder.finish` can finish
     board = Board(store, worker, cfg.run.lease_seconds)
     with stop_on_signals(worker) as stop:
@@ -176,8 +178,13 @@ class Worker:
                     time.sleep(idle)  # the rest is held by live workers: take over any whose lease expires
                     continue
                 self._start_progress(done)
-                with Heartbeat(self.board, lease_name(task)):
-                    self.board.mark_done(task, self._run_or_explain(self.tasks[task]))
+                try:
+                    with Heartbeat(self.board, lease_name(task)):
+                        record = self._run_or_explain(self.tasks[task])
+                except RunInterrupted:
+                    self.board.release(lease_name(task))  # stopped, not lost: the task is free for anyone at once
+                    raise
+                self.board.mark_done(task, record)  # after the heartbeat stopped: it would write the lease again
         finally:
             if self.progress:
                 self.progress.close()

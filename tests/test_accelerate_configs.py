@@ -37,7 +37,7 @@ def test_multi_gpu_is_one_node_with_a_process_per_gpu():
 @pytest.mark.parametrize("field", ["num_machines", "num_processes", "machine_rank", "main_process_ip",
                                    "main_process_port"])
 def test_multi_node_names_what_each_node_overrides_on_the_command_line(field):
-    """The README's Slurm example passes these per node; the file's values are the example's shape."""
+    """The README's multi-node command passes these per node; the file's values are the example's shape."""
     cfg = _load("multi_node.yaml")
     assert cfg.distributed_type == DistributedType.MULTI_GPU and cfg.num_machines > 1
     assert cfg.num_processes % cfg.num_machines == 0

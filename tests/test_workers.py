@@ -19,8 +19,8 @@ from PIL import Image
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 REPO = Path(__file__).resolve().parents[1]
-ROWS = 200
-ROWS_PER_TASK = 40  # 5 tasks, cut inside row groups
+ROWS = 120
+ROWS_PER_TASK = 40  # 3 tasks, cut inside row groups
 ROWS_PER_CHUNK = 16  # a task is 3 chunks: 16, 16, 8
 LEASE = 3  # seconds: dead workers' tasks are taken over quickly
 
@@ -32,7 +32,7 @@ def _jpeg(i: int) -> bytes:
     return buf.getvalue()
 
 
-LAYOUTS = {"row groups": 50, "one row group": ROWS}  # row group size of the one source file
+LAYOUTS = {"row groups": 50, "one row group": ROWS}  # row group size of the one source file: 50 makes tasks of 40 + 10
 
 
 @pytest.fixture(scope="module")
@@ -211,20 +211,43 @@ def test_a_dead_workers_task_is_taken_over_without_a_relaunch_and_finishing_runs
 
 @pytest.mark.timeout(600)
 def test_two_workers_on_one_task_still_leave_an_exact_output(sources, tmp_path, tiny_models, clean_runs):
-    """A worker that stalls past its lease (here: its lease is made to look expired) and comes back finds its
-    task taken over; both finish it, writing the same chunks under the same names."""
+    """A worker that stalls past its lease (SIGSTOP) finds, when it comes back (SIGCONT), its task taken over by
+    another; both finish it, writing the same chunks under the same names."""
     layout, cache_dir, output = "row groups", Path(tiny_models.captioner).parents[1], tmp_path / "out"
-    flags = _flags(sources[layout], str(output), cache_dir, "--rows_per_task", str(ROWS), "--lease_seconds", "60")
+    flags = _flags(sources[layout], str(output), cache_dir)
     first = start(worker(*flags))
-    assert wait_for(lambda: recorded_rows(output) >= ROWS_PER_CHUNK, first), kill(first)[-3000:]
-    lease = output / "tasks" / "leases" / "000000.json"
-    held = json.loads(lease.read_text())
-    lease.write_text(json.dumps({**held, "expires": time.time() - 1}))
-    second = start(worker(*flags))
-    outputs = [proc.communicate(timeout=300) for proc in (first, second)]
+    started = []
+
+    def first_holds_a_half_done_task() -> bool:
+        """A task with a chunk recorded and at least a chunk left to do (so that both workers write some)."""
+        if not (output / "tasks" / "plan.json").exists():
+            return False
+        plan = json.loads((output / "tasks" / "plan.json").read_text())
+        for progress in (output / "tasks" / "progress").glob("*.json"):
+            try:
+                rows = json.loads(progress.read_text())["rows"]
+            except (OSError, ValueError):  # being replaced right now
+                continue
+            pieces = plan[int(progress.stem)]["pieces"]
+            if 0 < rows <= sum(piece["stop"] - piece["start"] for piece in pieces) - ROWS_PER_CHUNK:
+                started.append(int(progress.stem))
+                return True
+        return False
+
+    assert wait_for(first_holds_a_half_done_task, first), kill(first)[-3000:]
+    os.killpg(first.pid, signal.SIGSTOP)
+    time.sleep(LEASE + 1)  # its lease expires
+    second = start(worker(*flags))  # takes up the started task first
+    progress = output / "tasks" / "progress" / f"{started[0]:06d}.json"
+    before = json.loads(progress.read_text())["rows"]
+    assert wait_for(lambda: json.loads(progress.read_text())["rows"] > before, second), kill(second)[-3000:]
+    os.killpg(first.pid, signal.SIGCONT)
+    outputs = [proc.communicate(timeout=400) for proc in (first, second)]
     assert [proc.returncode for proc in (first, second)] == [0, 0], [err[-2000:] for _, err in outputs]
-    assert "task 0: resuming after" in outputs[1][1]  # the second worker really ran the first one's task
-    assert "task 0 done" in outputs[0][1] and "task 0 done" in outputs[1][1]
+    task = started[0]
+    assert f"task {task}: resuming after" in outputs[1][1]  # the second worker really ran the first one's task
+    assert f"task {task} done" in outputs[0][1] and f"task {task} done" in outputs[1][1]
+    assert "was taken over by" in outputs[0][1]  # the first one's heartbeat saw it, and it went on
     assert_same_output(files_and_rows(output), clean_runs(layout), finished(output))
 
 
