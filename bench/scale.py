@@ -62,13 +62,14 @@ class Scale:
     tasks_done: int  # done markers present for the "claim late in a run" row
     restart_rows: int  # rows of the one-task cheap source
     restart_rows_per_chunk: int  # also its row group size
+    restarts: int  # restarts timed at each position (medians)
     throughput_tasks: int
     throughput_rows_per_task: int
 
 
-FULL = Scale(repeats=15, tasks_done=1_000, restart_rows=1_000_000, restart_rows_per_chunk=10_000,
+FULL = Scale(repeats=15, tasks_done=1_000, restart_rows=1_000_000, restart_rows_per_chunk=10_000, restarts=3,
              throughput_tasks=4, throughput_rows_per_task=64)
-QUICK = Scale(repeats=3, tasks_done=100, restart_rows=100_000, restart_rows_per_chunk=5_000,
+QUICK = Scale(repeats=3, tasks_done=100, restart_rows=100_000, restart_rows_per_chunk=5_000, restarts=2,
               throughput_tasks=2, throughput_rows_per_task=16)
 
 
@@ -90,6 +91,7 @@ class Workers:
         self.command = [sys.executable, "build.py", "--preset", "tiny", "--source", str(source),
                         "--output_dir", output, *(["--cache_dir", cache_dir] if cache_dir else []), *flags]
         self.logs = logs
+        logs.mkdir(exist_ok=True)
         self.running: list[subprocess.Popen] = []
         self.started = 0
 
@@ -163,9 +165,7 @@ def children_cpu_seconds() -> float:
 
 def run_workers(source: Path, work: Path, cache_dir: str | None, scale: Scale, workers: int) -> ThroughputRun:
     output = work / f"workers-{workers}"
-    logs = work / f"logs-workers-{workers}"
-    logs.mkdir()
-    team = Workers(source, str(output), logs, cache_dir, "--rows_per_task", str(scale.throughput_rows_per_task))
+    team = Workers(source, str(output), work / f"logs-workers-{workers}", cache_dir, "--rows_per_task", str(scale.throughput_rows_per_task))
     before, cpu = load(), children_cpu_seconds()
     start = time.perf_counter()
     team.start(workers)
@@ -314,28 +314,41 @@ def wait_out_lease(output: Path) -> None:
         time.sleep(max(0.0, lease["expires"] - time.time()) + 0.1)
 
 
-def restarts(work: Path, cache_dir: str | None, scale: Scale) -> tuple[Path, list[Restart]]:
-    """One worker from a fresh output to its first chunk; killed at >= 10% and restarted, that worker runs on to
-    >= 90%, killed and restarted again: each row is processed once."""
-    source, output, logs = work / "cheap.parquet", work / "restart", work / "logs-restart"
-    logs.mkdir()
-    rows, chunk = scale.restart_rows, scale.restart_rows_per_chunk
-    write_cheap_source(source, rows, chunk)
-    worker = Workers(source, str(output), logs, cache_dir, "--rows_per_task", str(rows), "--rows_per_chunk", str(chunk),
-                     "--lease_seconds", str(RESTART_LEASE_SECONDS))
+def first_chunk_seconds(worker: Workers, output: Path) -> float:
+    """Start `worker` on `output`; seconds until its progress record holds more rows than before."""
+    before = recorded_rows(output)
     start = time.perf_counter()
     worker.start()
-    measured = [Restart("0% (fresh output)", 0, worker.wait_until(lambda: recorded_rows(output) > 0) - start)]
+    return worker.wait_until(lambda: recorded_rows(output) > before) - start
+
+
+def restarts(work: Path, cache_dir: str | None, scale: Scale) -> tuple[Path, list[Restart]]:
+    """Fresh outputs to their first chunk; then the last one's worker runs on, is killed at >= 10% and
+    restarted (each restart timed, killed after its first new chunk, `Scale.restarts` times), runs on to >= 90%,
+    and the same again: each row is processed about once. Medians, so one slow start on a busy machine does not
+    decide a row."""
+    source = work / "cheap.parquet"
+    rows, chunk = scale.restart_rows, scale.restart_rows_per_chunk
+    write_cheap_source(source, rows, chunk)
+    fresh = []
+    for attempt in range(scale.restarts):
+        output = work / f"restart-{attempt}"
+        worker = Workers(source, str(output), work / f"logs-restart-{attempt}", cache_dir, "--rows_per_task",
+                         str(rows), "--rows_per_chunk", str(chunk), "--lease_seconds", str(RESTART_LEASE_SECONDS))
+        fresh.append(first_chunk_seconds(worker, output))
+        worker.kill()
+    measured = [Restart("0% (fresh output)", 0, statistics.median(fresh))]
+    worker.start()  # the last output runs on
     for share in (0.1, 0.9):
         worker.wait_until(lambda: recorded_rows(output) >= share * rows)
-        worker.kill()
-        done = recorded_rows(output)
-        wait_out_lease(output)
-        start = time.perf_counter()
-        worker.start()
-        seconds = worker.wait_until(lambda: recorded_rows(output) > done) - start
-        measured.append(Restart(f"{100 * done / rows:.0f}%", done, seconds))
-        note(f"restart after {done} rows: first new chunk in {seconds:.1f} s")
+        seconds, first = [], None
+        for _ in range(scale.restarts):
+            worker.kill()
+            first = recorded_rows(output) if first is None else first
+            wait_out_lease(output)
+            seconds.append(first_chunk_seconds(worker, output))
+        measured.append(Restart(f"{100 * first / rows:.0f}%", first, statistics.median(seconds)))
+        note(f"restarts after {first} rows: first new chunk in {', '.join(f'{s:.1f}' for s in seconds)} s")
     worker.kill()
     return source, measured
 
@@ -354,7 +367,8 @@ def old_skip_seconds(source: Path, rows: int, repeats: int) -> float:
 
 def print_restarts(measured: list[Restart], scale: Scale) -> None:
     print(f"\n### Restart to the first new chunk: one task of {scale.restart_rows} cheap rows, chunks and row groups "
-          f"of {scale.restart_rows_per_chunk}, SIGKILL, lease ({RESTART_LEASE_SECONDS:.0f} s) waited out\n")
+          f"of {scale.restart_rows_per_chunk}, SIGKILL, lease ({RESTART_LEASE_SECONDS:.0f} s) waited out; medians of "
+          f"{scale.restarts} restarts, each a chunk further\n")
     print("| position | rows done | restart to first new chunk s | vs fresh output s | old skip to first row s | "
           "restart / skip |")
     print("|---|---|---|---|---|---|")
