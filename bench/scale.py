@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pyarrow as pa
@@ -41,15 +41,16 @@ sys.path.insert(0, str(REPO))
 
 from bench.chunk_overhead import write_source as write_image_source  # noqa: E402
 from builder.claims import Board  # noqa: E402
+from builder.config import RunConfig  # noqa: E402
 from builder.resume import TaskProgress, save_progress  # noqa: E402
-from builder.tasks import DEFAULT_ROWS_PER_TASK  # noqa: E402
 from output.layout import DONE_GLOB, done_name, lease_name, progress_name  # noqa: E402
 from output.store import OutputStore  # noqa: E402
 from tests.s3_server import create_bucket, running_s3_server  # noqa: E402
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-DEFAULT_ROWS_PER_CHUNK = 10_000
-DEFAULT_LEASE_SECONDS = 300.0
+DEFAULTS = {field.name: field.default for field in fields(RunConfig)}  # build.py's: what a task costs by default
+DEFAULT_ROWS_PER_TASK, DEFAULT_ROWS_PER_CHUNK = DEFAULTS["rows_per_task"], DEFAULTS["rows_per_chunk"]
+DEFAULT_LEASE_SECONDS = DEFAULTS["lease_seconds"]
 RESTART_LEASE_SECONDS = 2.0  # short, so a killed worker's task is free again soon
 POLL_SECONDS = 0.05
 
@@ -165,7 +166,8 @@ def children_cpu_seconds() -> float:
 
 def run_workers(source: Path, work: Path, cache_dir: str | None, scale: Scale, workers: int) -> ThroughputRun:
     output = work / f"workers-{workers}"
-    team = Workers(source, str(output), work / f"logs-workers-{workers}", cache_dir, "--rows_per_task", str(scale.throughput_rows_per_task))
+    team = Workers(source, str(output), work / f"logs-workers-{workers}", cache_dir,
+                   "--rows_per_task", str(scale.throughput_rows_per_task))
     before, cpu = load(), children_cpu_seconds()
     start = time.perf_counter()
     team.start(workers)
@@ -253,7 +255,7 @@ def coordination_costs(store: OutputStore, scale: Scale, record: dict) -> Costs:
 def s3_store():
     """A fresh bucket on a loopback S3 server (the test suite's), and a store in it."""
     with running_s3_server() as endpoint:
-        bucket = create_bucket(endpoint, dict(os.environ))
+        bucket = create_bucket(endpoint, {})  # no subprocess reaches this bucket: no environment to hand on
         yield OutputStore(f"{bucket.url}/run", bucket.storage_options)
 
 
