@@ -356,12 +356,19 @@ def restarts(work: Path, cache_dir: str | None, scale: Scale) -> tuple[Path, lis
 
 
 def old_skip_seconds(source: Path, rows: int, repeats: int) -> float:
-    """The old resume: a `datasets` stream of the whole source, `.skip(rows)`, to its first row (median; the
-    first call of the process, which pays one-time set-up, is made untimed)."""
+    """The old resume (before tasks): the whole source as one `datasets` stream through the source's own maps
+    (the UTF-8 repair and the row key, as `open_stream` chained them then), `.skip(rows)`, to its first row
+    (median; the first call of the process, which pays one-time set-up, is made untimed)."""
     from datasets import load_dataset
 
+    from builder.source import row_key, valid_utf8
+
     def first_row() -> None:
-        next(iter(load_dataset("parquet", data_files=str(source), split="train", streaming=True).skip(rows)))
+        stream = load_dataset("parquet", data_files=str(source), split="train", streaming=True)
+        stream = stream.with_format("arrow").map(valid_utf8, batched=True, features=stream.features)
+        stream = stream.with_format(None).map(
+            lambda batch: {"_row_key": [row_key(url, None) for url in batch["URL"]]}, batched=True)
+        next(iter(stream.skip(rows)))
 
     first_row()
     return median_seconds(first_row, repeats)
@@ -380,7 +387,8 @@ def print_restarts(measured: list[Restart], scale: Scale) -> None:
               f"{row.skip_seconds:.3f} | {row.seconds / row.skip_seconds:.0f} |")
     print(f"\nRestart: a new `build.py` process (interpreter, imports, tiny models loaded), the claim, the seek, and "
           f"one whole chunk of {scale.restart_rows_per_chunk} rows through the pipeline to its progress record. "
-          "Old skip: in this process (imports done), `load_dataset(parquet, streaming=True).skip(n)` to the first row.")
+          "Old skip: in this process (imports done), the old resume's stream (`load_dataset(parquet, streaming=True)`, "
+          "its UTF-8 and row-key maps) `.skip(n)` to the first row.")
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from output.layout import DONE_GLOB, LEASE_GLOB, PROGRESS_GLOB, done_name, lease_name, task_of
+from output.layout import DONE_GLOB, LEASE_GLOB, PROGRESS_GLOB, done_name, lease_name, progress_name, task_of
 from output.store import OutputStore
 
 logger = logging.getLogger(__name__)
@@ -111,8 +111,10 @@ class Board:
             self.store.delete(name)
 
     def mark_done(self, task: int, record: dict) -> None:
-        """The task's done marker (after its data), then its lease goes."""
+        """The task's done marker (after its data, holding its final record), then its progress record (so that
+        a claim's listing of started tasks stays short however many are done) and its lease go."""
         self.store.write_json(done_name(task), record)
+        self.store.delete(progress_name(task))
         self.release(lease_name(task))
 
 

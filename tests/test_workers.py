@@ -93,15 +93,21 @@ def run(command: list[str], env: dict = ENV) -> subprocess.CompletedProcess:
     return done
 
 
-def recorded_rows(output: Path) -> int:
-    """Rows the tasks' progress records say are written."""
-    rows = 0
-    for path in (output / "tasks" / "progress").glob("*.json"):
+def task_rows(record: Path) -> int:
+    """Rows a task's progress record says are written; once the task is done its record moves into its done
+    marker."""
+    for path in (record, record.parent.parent / "done" / record.name):
         try:
-            rows += json.loads(path.read_text())["rows"]
-        except (OSError, ValueError):  # being replaced right now
-            pass
-    return rows
+            return json.loads(path.read_text())["rows"]
+        except (OSError, ValueError):  # not there, or being replaced right now
+            continue
+    return 0
+
+
+def recorded_rows(output: Path) -> int:
+    """Rows the tasks' records say are written."""
+    names = {path.name for folder in ("progress", "done") for path in (output / "tasks" / folder).glob("*.json")}
+    return sum(task_rows(output / "tasks" / "progress" / name) for name in names)
 
 
 def wait_for(predicate, *procs: subprocess.Popen, timeout: float = 180.0) -> bool:
@@ -196,10 +202,10 @@ def test_a_dead_workers_task_is_taken_over_without_a_relaunch_and_finishing_runs
         for lease in (output / "tasks" / "leases").glob("*.json"):
             try:
                 holder = json.loads(lease.read_text())["worker"]
-                progress = json.loads((output / "tasks" / "progress" / lease.name).read_text())
-            except (OSError, ValueError):  # not there yet, or being replaced right now
+            except (OSError, ValueError):  # being replaced right now
                 continue
-            if f"-{victim.pid}-" in holder and progress["rows"] and not (output / "tasks" / "done" / lease.name).exists():
+            rows = task_rows(output / "tasks" / "progress" / lease.name)
+            if f"-{victim.pid}-" in holder and rows and not (output / "tasks" / "done" / lease.name).exists():
                 return True
         return False
 
@@ -232,10 +238,7 @@ def test_two_workers_on_one_task_still_leave_an_exact_output(sources, tmp_path, 
             return False
         plan = json.loads((output / "tasks" / "plan.json").read_text())
         for progress in (output / "tasks" / "progress").glob("*.json"):
-            try:
-                rows = json.loads(progress.read_text())["rows"]
-            except (OSError, ValueError):  # being replaced right now
-                continue
+            rows = task_rows(progress)
             pieces = plan[int(progress.stem)]["pieces"]
             if 0 < rows <= sum(piece["stop"] - piece["start"] for piece in pieces) - ROWS_PER_CHUNK:
                 started.append(int(progress.stem))
@@ -248,8 +251,8 @@ def test_two_workers_on_one_task_still_leave_an_exact_output(sources, tmp_path, 
     time.sleep(LEASE + 1)  # its lease expires
     second = start(worker(*flags))  # takes up the started task first
     progress = output / "tasks" / "progress" / f"{started[0]:06d}.json"
-    before = json.loads(progress.read_text())["rows"]
-    assert wait_for(lambda: json.loads(progress.read_text())["rows"] > before, second), kill(second)[-3000:]
+    before = task_rows(progress)
+    assert wait_for(lambda: task_rows(progress) > before, second), kill(second)[-3000:]
     first_process.resume()
     outputs = [proc.communicate(timeout=400) for proc in (first, second)]
     assert [proc.returncode for proc in (first, second)] == [0, 0], [err[-2000:] for _, err in outputs]
@@ -273,7 +276,8 @@ def test_an_output_on_s3_equals_a_local_one_and_reads_back(sources, tmp_path, ti
 
     def recorded() -> int:
         fs.invalidate_cache()
-        return sum(json.loads(fs.cat_file(path))["rows"] for path in fs.glob(f"{url}/tasks/progress/*.json"))
+        return sum(json.loads(fs.cat_file(path))["rows"] for path in fs.glob(f"{url}/tasks/progress/*.json")
+                   + fs.glob(f"{url}/tasks/done/*.json"))
 
     two = start(accelerate(*flags), env={**ENV, **s3_bucket.env})
     assert wait_for(lambda: recorded() >= 2 * ROWS_PER_CHUNK, two), kill(two)[-3000:]
@@ -307,11 +311,11 @@ def test_a_resumed_task_seeks_to_its_next_row_in_a_million_row_source(tmp_path, 
     assert wait_for(lambda: recorded_rows(output) >= 90_000, first, timeout=240), kill(first)[-3000:]
     kill(first)
     [progress] = (output / "tasks" / "progress").glob("*.json")
-    done = json.loads(progress.read_text())["rows"]
+    done = task_rows(progress)
     task = int(progress.stem)
     time.sleep(1.5)  # its lease expires
     second = start(worker(*flags))
-    assert wait_for(lambda: json.loads(progress.read_text())["rows"] > done, second, timeout=120), kill(second)[-3000:]
+    assert wait_for(lambda: task_rows(progress) > done, second, timeout=120), kill(second)[-3000:]
     stderr = kill(second)
     assert f"task {task}: resuming after {done} rows" in stderr
     chunks = sorted((output / "data").glob(f"train-{task:06d}-*.parquet"))

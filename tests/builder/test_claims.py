@@ -222,6 +222,7 @@ def test_a_started_task_is_taken_up_before_any_new_one(boards, store, clock):
     assert b.claim(tasks) == 37  # 12 is held
     clock.now += LEASE + 1
     a.mark_done(12, {})
+    assert store.glob("tasks/progress/*.json") == ["tasks/progress/000037.json"]  # its record is in the marker now
     for worker in range(TRIES):  # b stopped: whoever comes next resumes 37
         clock.now += LEASE + 1
         assert Board(store, f"w{worker}", LEASE, clock=clock, settle_seconds=0).claim(tasks) == 37
