@@ -168,13 +168,13 @@ class Worker:
         idle = min(max(self.cfg.run.lease_seconds / 10, IDLE_POLL_SECONDS[0]), IDLE_POLL_SECONDS[1])
         try:
             while True:
+                self._check_stop()
                 done = self.board.done()
                 if len(done) == len(numbers):
                     logger.info("every task of %s is done", self.store.location)
                     return
                 task = self.board.claim(numbers, done)
                 if task is None:
-                    self._check_stop()
                     time.sleep(idle)  # the rest is held by live workers: take over any whose lease expires
                     continue
                 self._start_progress(done)
