@@ -367,7 +367,7 @@ def old_skip_seconds(source: Path, rows: int, repeats: int) -> float:
         stream = load_dataset("parquet", data_files=str(source), split="train", streaming=True)
         stream = stream.with_format("arrow").map(valid_utf8, batched=True, features=stream.features)
         stream = stream.with_format(None).map(
-            lambda batch: {"_row_key": [row_key(url, None) for url in batch["URL"]]}, batched=True)
+            lambda batch: {"_row_key": [row_key(url, None) for url in batch["url"]]}, batched=True)
         next(iter(stream.skip(rows)))
 
     first_row()
