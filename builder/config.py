@@ -204,9 +204,18 @@ def parse_config(argv: list[str] | None = None) -> BuildConfig:
     return cfg
 
 
+INVOCATION_FLAGS = ("config", "overwrite")  # how one command was given, not what the run is: never saved or shown
+# (a saved config must never wipe a folder when reused, nor name a YAML file of the machine that ran it)
+
+
+def recorded_config(cfg: BuildConfig) -> dict:
+    """`cfg.to_dict()` without the invocation flags: what build_config.yaml saves and the card shows, the same
+    whichever command (a worker, `python -m builder.finish`) writes them."""
+    return {name: {key: value for key, value in section.items() if key not in INVOCATION_FLAGS}
+            for name, section in cfg.to_dict().items()}
+
+
 def config_text(cfg: BuildConfig) -> str:
     """The resolved config as YAML, saved beside the output: re-running with `--config` on it reproduces the run."""
-    flat = {key: value for section in cfg.to_dict().values() for key, value in section.items()}
-    flat.pop("config")
-    flat.pop("overwrite")  # a saved config must never wipe a folder when reused
+    flat = {key: value for section in recorded_config(cfg).values() for key, value in section.items()}
     return yaml.safe_dump(flat, sort_keys=False)
