@@ -27,6 +27,7 @@ from builder.source import ResolvedSource, check_source
 from builder.stats import format_stats, merge_stats
 from dataset_card.card import write_card
 from dataset_card.gallery import write_gallery
+from output.durable import stale_temp_files
 from output.layout import (CHUNK_GLOB, CONFIG_FILE, DONE_GLOB, FINISHED_FILE, FINISHING_FILE, PLAN_FILE,
                            STATS_FILE)
 from output.store import OutputStore
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 def finish(store: OutputStore, cfg: BuildConfig, source: ResolvedSource) -> dict:
     """Merge the tasks' stats, write the card and gallery (rendered locally, then stored), check and push;
     returns the merged stats. Every task must be done."""
+    if store.is_local:  # what killed workers left half-written; a live writer's temp file is seconds old
+        for leftover in stale_temp_files(store.local_path(), older_than=cfg.run.lease_seconds):
+            leftover.unlink(missing_ok=True)
     merged = merge_stats([store.read_json(name)["stats"] for name in store.glob(DONE_GLOB)])
     store.write_json(STATS_FILE, merged)
     chunks = [store.chunk(name) for name in store.glob(CHUNK_GLOB)]
@@ -82,10 +86,11 @@ def finish_once(store: OutputStore, board: Board, cfg: BuildConfig, source: Reso
         return None
     if len(board.done()) < tasks or not board.take(FINISHING_FILE):
         return None
-    with Heartbeat(board, FINISHING_FILE):
-        merged = finish(store, cfg, source)
-    board.release(FINISHING_FILE)
-    return merged
+    try:
+        with Heartbeat(board, FINISHING_FILE):
+            return finish(store, cfg, source)
+    finally:  # a failed push is retried by the next worker or command at once, not after the lease
+        board.release(FINISHING_FILE)
 
 
 def finish_command(output_dir: str) -> dict:

@@ -130,8 +130,6 @@ def build(cfg: BuildConfig, source: ResolvedSource, plan: list[Task] | None) -> 
         from builder.tiny_models import build_tiny_models
 
         build_tiny_models(cfg.run.cache_dir)
-        if is_main_process():
-            logger.warning(TINY_WARNING)
     check_models(cfg)
     if source.hub_id:
         check_hub_dataset(source.hub_id, cfg.source.source_split)
@@ -140,6 +138,8 @@ def build(cfg: BuildConfig, source: ResolvedSource, plan: list[Task] | None) -> 
     tasks = start_or_join(store, cfg, plan, lambda: plan_tasks(source, cfg.source, cfg.run.rows_per_task))
     if plan is None:
         check_chunk_files(cfg, tasks)
+    if cfg.run.preset == "tiny" and is_main_process():  # after the checks: a refused run prints its one line only
+        logger.warning(TINY_WARNING)
     store.write_bytes(CONFIG_FILE, config_text(cfg).encode())  # so that `python -m builder.finish` can finish
     board = Board(store, worker, cfg.run.lease_seconds)
     with stop_on_signals(worker) as stop:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,13 @@ from pathlib import Path
 def temp_path(path: Path) -> Path:
     """A hidden sibling of `path`, unique to this writer (process and thread): `.NAME.PID-THREAD.tmp`."""
     return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_native_id()}.tmp")
+
+
+def stale_temp_files(folder: Path, older_than: float) -> list[Path]:
+    """Temp files under `folder` (see `temp_path`) last written more than `older_than` seconds ago: what writers
+    killed mid-write left behind."""
+    cutoff = time.time() - older_than
+    return [path for path in Path(folder).rglob(".*.tmp") if path.is_file() and path.stat().st_mtime < cutoff]
 
 
 def write_durably(path: Path, write: Callable[[Path], None]) -> None:

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,18 @@ def test_a_folder_without_a_run_or_a_bad_command_line_is_refused(tmp_path):
 def test_the_merged_stats_count_every_row_once(output):
     stats = json.loads((output / "stats.json").read_text())
     assert stats["rows"] == 4 and sum(stats["statuses"].values()) == 4
+
+
+@pytest.mark.timeout(120)
+def test_finishing_removes_what_killed_writers_left_and_nothing_a_live_one_writes(output, tmp_path):
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(output), str(copy)], check=True)
+    stale = copy / "tasks" / "done" / ".000001.json.4242-4242.tmp"  # a worker killed writing its done marker
+    fresh = copy / "data" / ".train-000001-00000.parquet.4343-4343.tmp"  # a duplicate worker writing right now
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"half a file")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # older than the run's lease (300 s)
+    proc = _finish(str(copy))
+    _, err = proc.communicate(timeout=100)
+    assert proc.returncode == 0, err[-2000:]
+    assert not stale.exists() and fresh.exists()

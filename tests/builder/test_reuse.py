@@ -240,4 +240,4 @@ def test_a_build_over_repeated_urls_runs_the_captioner_once_per_distinct_url(tmp
         same = [row for row in rows if row["URL"] == url]
         assert all(row["status"] == OK for row in same)
         assert all({c: row[c] for c in generated} == {c: same[0][c] for c in generated} for row in same)
-    assert json.loads((output / "stats" / "rank-00000.json").read_text())["reused_rows"] == 8
+    assert json.loads((output / "stats.json").read_text())["reused_rows"] == 8

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         return failed(err)
 
+    from builder.claims import worker_id
+    from builder.run import start_logging
+
+    start_logging(worker_id())
     try:
         scores = search(planned, source, references)
         if None not in scores:  # else a worker still finishing a point writes the results once it scored it
