@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from builder.config import BuildConfig, ConfigError
@@ -52,7 +53,7 @@ def run_settings(cfg: BuildConfig) -> dict:
 
 
 def start_or_join(store: OutputStore, cfg: BuildConfig, plan: list[Task] | None,
-                  make_plan=None) -> list[Task]:
+                  make_plan: Callable[[], list[Task]]) -> list[Task]:
     """Before any work: clear the output for --overwrite, refuse a changed run that has written rows, record a
     new one; then the run's task list: the saved one, checked against `plan` (the source's plan made now, when
     that is cheap), else `plan` or `make_plan()` saved. An earlier attempt that wrote no rows (it failed early,
@@ -86,7 +87,8 @@ def start_or_join(store: OutputStore, cfg: BuildConfig, plan: list[Task] | None,
     return _task_list(store, location, plan, make_plan)
 
 
-def _task_list(store: OutputStore, location: str, plan: list[Task] | None, make_plan) -> list[Task]:
+def _task_list(store: OutputStore, location: str, plan: list[Task] | None,
+               make_plan: Callable[[], list[Task]]) -> list[Task]:
     saved = store.read_json(PLAN_FILE)
     if saved is None:
         plan = plan if plan is not None else make_plan()

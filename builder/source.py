@@ -126,7 +126,7 @@ def resolve_source(cfg: SourceConfig) -> ResolvedSource:
             raise ConfigError(f"{flag} file {path!r} has other columns than {first[0]!r} "
                               f"({_schema_difference(first[1], schema)}); a source must have one schema")
         kept.append(path)
-        groups.append(tuple(metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)))
+        groups.append(row_groups(metadata))
         rows += metadata.num_rows
     if empty:
         logger.warning("%s %r: leaving out %d file(s) without rows: %s", flag, found.name, len(empty),
@@ -292,7 +292,7 @@ def plan_tasks(resolved: ResolvedSource, cfg: SourceConfig, rows_per_task: int) 
     builder = datasets.load_dataset_builder(resolved.hub_id)
     files = builder.config.data_files.get(cfg.source_split) if builder.config.data_files else None
     if builder.name == "parquet" and files:
-        footers = ((file, row_groups(open_parquet(file))) for file in files)
+        footers = ((file, row_groups(open_parquet(file).metadata)) for file in files)
         return plan_from_footers(footers, rows_per_task, cfg.max_samples)
     if cfg.max_samples is not None:
         raise ConfigError(f"--max_samples needs a parquet source; {resolved.name!r} is {builder.name}")

@@ -104,9 +104,9 @@ def plan_from_shards(num_shards: int) -> list[Task]:
     return [Task(index, shard=index) for index in range(num_shards)]
 
 
-def row_groups(parquet: pq.ParquetFile) -> list[int]:
-    metadata = parquet.metadata
-    return [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+def row_groups(metadata: pq.FileMetaData) -> tuple[int, ...]:
+    """Rows of each row group, from a parquet footer."""
+    return tuple(metadata.row_group(group).num_rows for group in range(metadata.num_row_groups))
 
 
 def open_parquet(file: str) -> pq.ParquetFile:
@@ -129,7 +129,7 @@ def read_pieces(pieces: tuple[Piece, ...], skip: int = 0) -> Iterator[pa.Table]:
         start, skip = piece.start + skip, 0
         parquet = open_parquet(piece.file)
         first_row = 0
-        for group, size in enumerate(row_groups(parquet)):
+        for group, size in enumerate(row_groups(parquet.metadata)):
             group_start, first_row = first_row, first_row + size
             if first_row <= start or group_start >= piece.stop:
                 continue

@@ -83,8 +83,6 @@ class OutputStore:
 
     def upload(self, local: Path, name: str) -> None:
         """Copy a finished local file to `name` (the card, the gallery: rendered locally, then stored)."""
-        if self.is_local and self.local_path(name) == Path(local).resolve():
-            return
         self.write_bytes(name, Path(local).read_bytes())
 
     def glob(self, pattern: str) -> list[str]:
