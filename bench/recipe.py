@@ -46,7 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--images", type=int, default=None, help="images timed through the stages (256; 8 with --tiny)")
     p.add_argument("--batch_size", type=int, default=None, help="rows per map batch (64; 4 with --tiny)")
     p.add_argument("--model_batch_size", type=int, default=0, help="stages' sub-batch size; 0: sized to free memory")
-    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: bf16 on GPUs, fp32 on CPUs)")
+    p.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16 (auto: CLIP fp16 on GPUs, else fp32)")
     p.add_argument("--warmup_images", type=int, default=None,
                    help="untimed first batch (min(batch_size, 8) on GPUs, 1 on CPUs)")
     p.add_argument("--flop_images", type=int, default=None,
@@ -332,14 +332,15 @@ def main() -> None:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from map_fns.precision import resolve_dtype
+    from map_fns.precision import MODEL_KINDS, resolve_dtype
 
     transformers_logging.disable_progress_bar()  # one "Loading weights" bar per model load
     sync = make_sync(args.device)
     device_name, peak = device_peak_tflops(args.device, args.peak_tflops)
     cfgs = stage_configs(args)
     result = {"device": args.device, "device_name": device_name, "precision": args.precision,
-              "dtype": str(resolve_dtype(args.precision, args.device)).removeprefix("torch."),
+              "dtype": ", ".join(f"{kind} {str(resolve_dtype(args.precision, args.device, kind)).removeprefix('torch.')}"
+                                 for kind in MODEL_KINDS),
               "batch_size": args.batch_size, "model_batch_size": args.model_batch_size, "torch": torch.__version__,
               "models": "tiny" if args.tiny else "real size, random weights", "peak_tflops": peak,
               "flop_images": args.flop_images, "images_seed": args.seed,

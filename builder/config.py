@@ -70,8 +70,10 @@ class RunConfig:
         metadata={"help": "Images (captions, for repair) per model call; 0: as many as fit in free GPU memory, "
                           "halved and retried on out-of-memory."},
     )
-    precision: str = field(default="auto", metadata={"help": f"{' | '.join(PRECISIONS)}: auto is bf16 (else fp16) "
-                                                              "on GPUs, fp32 on CPUs."})
+    precision: str = field(default="auto", metadata={"help": f"{' | '.join(PRECISIONS)}: auto runs each model as "
+                                                              "LAION did (on GPUs BLIP and T5 fp32, CLIP fp16; fp32 on "
+                                                              "CPUs); bf16/fp16 put every model in half precision, "
+                                                              "which changes captions."})
     rows_per_chunk: int = field(
         default=10_000, metadata={"help": "Rows per output parquet file, rounded up to whole batches."}
     )

@@ -92,7 +92,7 @@ def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto"
     from map_fns.precision import resolve_dtype
 
     device = torch.device(device)
-    model, processor = load_captioner(cfg.captioner, device, resolve_dtype(precision, device))
+    model, processor = load_captioner(cfg.captioner, device, resolve_dtype(precision, device, "transformers"))
     text_config = model.config.text_config
     prompt_ids = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text_config.bos_token_id,
                                   text_config.sep_token_id)

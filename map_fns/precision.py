@@ -1,8 +1,10 @@
-"""Which number format the model stages compute in.
+"""Which number format each model computes in.
 
-Half precision doubles tensor-core throughput and halves memory on a GPU; on a CPU it is slower and less
-exact, so `auto` keeps fp32 there. bf16 is preferred over fp16 (same range as fp32, no overflow in
-attention logits); GPUs without bf16 (before Ampere) get fp16.
+Precision changes captions: sampling turns small logit differences into different tokens, and one different
+token makes a different candidate (bench/precision.py measures how often). So `auto`, the default, runs each
+model as LAION did on GPUs: BLIP and T5 in fp32 (matmuls in full fp32, no TF32), CLIP in fp16 (what
+`clip.load` gives on a GPU; open_clip's fp16 keeps LayerNorms in fp32, as OpenAI's CLIP ran). CPUs run fp32.
+`bf16` / `fp16` put every model in half precision: faster and lighter on a GPU, but not the recipe's numbers.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
     import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+MODEL_KINDS = ("transformers", "open_clip")  # as `Stage.model_kind`
 
 
 def check_precision(precision: str) -> None:
@@ -21,15 +24,17 @@ def check_precision(precision: str) -> None:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
 
-def resolve_dtype(precision: str, device: str | torch.device) -> torch.dtype:
-    """The torch dtype for `precision` on `device`; `auto` is bf16 (else fp16) on CUDA and fp32 elsewhere."""
+def resolve_dtype(precision: str, device: str | torch.device, model_kind: str) -> torch.dtype:
+    """The torch dtype a model of `model_kind` ("transformers": BLIP, T5; "open_clip": the rankers) computes in
+    for `precision` on `device`; `auto` is the reference's: fp16 for CLIP on CUDA, fp32 for everything else."""
     import torch
 
     check_precision(precision)
+    if model_kind not in MODEL_KINDS:
+        raise ValueError(f"model_kind must be one of {', '.join(MODEL_KINDS)}, got {model_kind!r}")
     if precision == "auto":
-        if torch.device(device).type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        on_gpu = torch.device(device).type == "cuda"
+        return torch.float16 if on_gpu and model_kind == "open_clip" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

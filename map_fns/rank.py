@@ -51,7 +51,8 @@ def make_rank_fn(cfg: RankConfig, device: str | torch.device, *, precision: str 
     `precision` is resolved for `device` (`map_fns.precision`); images go through CLIP `model_batch_size` at a
     time, or as many as fit in free memory for 0.
     """
-    scorer = ClipScorer(cfg.ranker, device, dtype=resolve_dtype(precision, device), model_batch_size=model_batch_size)
+    scorer = ClipScorer(cfg.ranker, device, dtype=resolve_dtype(precision, device, "open_clip"),
+                        model_batch_size=model_batch_size)
 
     def rank(rows: dict[str, list]) -> dict[str, list]:
         if not all(rows["_candidates"]):

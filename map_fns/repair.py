@@ -79,7 +79,7 @@ def make_repair_fn(cfg: RepairConfig, device: str | torch.device, *, precision: 
     from map_fns.precision import resolve_dtype
 
     device = torch.device(device)
-    dtype = resolve_dtype(precision, device)
+    dtype = resolve_dtype(precision, device, "transformers")
     logger.info("loading repairer %s on %s in %s", cfg.repairer, device, dtype)
     tokenizer = AutoTokenizer.from_pretrained(cfg.repairer)
     # dtype through from_pretrained, not .to(): T5 keeps the layers it lists as fp32-only (`wo`) in fp32

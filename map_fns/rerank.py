@@ -50,7 +50,7 @@ def make_rerank_fn(cfg: RerankConfig, device: str | torch.device, *, precision: 
     """
     if cfg.reranker == NONE:
         return on_ok_rows(_keep_ranker_best, WRITES)
-    scorer = ClipScorer(cfg.reranker, device, dtype=resolve_dtype(precision, device),
+    scorer = ClipScorer(cfg.reranker, device, dtype=resolve_dtype(precision, device, "open_clip"),
                         model_batch_size=model_batch_size)
 
     def rerank(rows: dict[str, list]) -> dict[str, list]:

@@ -4,24 +4,64 @@ import torch
 from map_fns.precision import open_clip_precision, resolve_dtype
 
 
-def test_auto_is_fp32_on_cpu_and_explicit_choices_are_kept():
-    assert resolve_dtype("auto", "cpu") == torch.float32
-    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
-    assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
-    assert resolve_dtype("fp32", "cpu") == torch.float32
+def test_auto_is_fp32_on_cpu_for_every_model_and_explicit_choices_are_kept():
+    for kind in ("transformers", "open_clip"):
+        assert resolve_dtype("auto", "cpu", kind) == torch.float32
+        assert resolve_dtype("bf16", "cpu", kind) == torch.bfloat16
+        assert resolve_dtype("fp16", torch.device("cpu"), kind) == torch.float16
+        assert resolve_dtype("fp32", "cuda", kind) == torch.float32
 
 
-def test_auto_on_cuda_prefers_bf16_and_falls_back_to_fp16(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_dtype("auto", "cuda") == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_dtype("auto", "cuda:1") == torch.float16
+def test_auto_on_cuda_runs_each_model_as_the_reference_did():
+    """BLIP and T5 in fp32, CLIP in fp16 (`clip.load` on a GPU), whatever half format the GPU has."""
+    assert resolve_dtype("auto", "cuda", "transformers") == torch.float32
+    assert resolve_dtype("auto", "cuda:1", "open_clip") == torch.float16
 
 
-def test_unknown_precision_is_refused_naming_it():
+def test_unknown_precision_or_model_kind_is_refused_naming_it():
     with pytest.raises(ValueError, match="--precision must be one of auto, fp32, bf16, fp16, got 'half'"):
-        resolve_dtype("half", "cpu")
+        resolve_dtype("half", "cpu", "transformers")
+    with pytest.raises(ValueError, match="model_kind must be one of transformers, open_clip, got 'timm'"):
+        resolve_dtype("auto", "cpu", "timm")
 
 
 def test_open_clip_names():
     assert [open_clip_precision(d) for d in (torch.float32, torch.bfloat16, torch.float16)] == ["fp32", "bf16", "fp16"]
+
+
+class _Loaded(Exception):
+    """Raised by a recording loader once it has seen what it was asked for: nothing is loaded onto a GPU."""
+
+
+def test_each_stage_asks_for_its_own_models_precision_on_a_gpu(tiny_models, monkeypatch):
+    """Under `auto` on CUDA the stages load BLIP and T5 in fp32 and both CLIPs in fp16 (recorded at the loader,
+    so no GPU is needed)."""
+    import map_fns.blip_decode
+    import map_fns.rank
+    import map_fns.repair
+    import map_fns.rerank
+    from map_fns.caption import CaptionConfig, make_caption_fn
+    from map_fns.rank import RankConfig, make_rank_fn
+    from map_fns.repair import RepairConfig, make_repair_fn
+    from map_fns.rerank import RerankConfig, make_rerank_fn
+
+    asked = {}
+
+    def recorder(stage):
+        def load(*args, dtype=None, **kwargs):
+            asked[stage] = dtype if dtype is not None else args[-1]
+            raise _Loaded
+        return load
+
+    monkeypatch.setattr(map_fns.blip_decode, "load_captioner", recorder("caption"))
+    monkeypatch.setattr(map_fns.rank, "ClipScorer", recorder("rank"))
+    monkeypatch.setattr(map_fns.rerank, "ClipScorer", recorder("rerank"))
+    monkeypatch.setattr(map_fns.repair, "load_trained", recorder("repair"))
+    for make, cfg in ((make_caption_fn, CaptionConfig(captioner=tiny_models.captioner)),
+                      (make_rank_fn, RankConfig(ranker=tiny_models.ranker)),
+                      (make_rerank_fn, RerankConfig(reranker=tiny_models.reranker)),
+                      (make_repair_fn, RepairConfig(repairer=tiny_models.repairer))):
+        with pytest.raises(_Loaded):
+            make(cfg, "cuda", precision="auto")
+    assert asked == {"caption": torch.float32, "rank": torch.float16, "rerank": torch.float16,
+                     "repair": torch.float32}
