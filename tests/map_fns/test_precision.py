@@ -1,7 +1,9 @@
 import pytest
 import torch
+from PIL import Image
 
 from map_fns.precision import open_clip_precision, resolve_dtype
+from tests.devices import DEVICES
 
 
 def test_auto_is_fp32_on_cpu_for_every_model_and_explicit_choices_are_kept():
@@ -65,3 +67,21 @@ def test_each_stage_asks_for_its_own_models_precision_on_a_gpu(tiny_models, monk
             make(cfg, "cuda", precision="auto")
     assert asked == {"caption": torch.float32, "rank": torch.float16, "rerank": torch.float16,
                      "repair": torch.float32}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_auto_loads_the_real_models_in_their_precision(tiny_models, device):
+    """The stages' models as loaded, on the device: BLIP and T5 in fp32 under `auto`, CLIP in fp16 on a GPU
+    (open_clip's mixed fp16: LayerNorms stay fp32)."""
+    from map_fns.blip_decode import load_captioner
+    from map_fns.clip_score import ClipScorer
+
+    clip_dtype = torch.float16 if device == "cuda" else torch.float32
+    blip, _ = load_captioner(tiny_models.captioner, torch.device(device),
+                             resolve_dtype("auto", device, "transformers"))
+    scorer = ClipScorer(tiny_models.ranker, device, dtype=resolve_dtype("auto", device, "open_clip"))
+    assert blip.dtype == torch.float32 and blip.device.type == device
+    assert scorer.model.visual.conv1.weight.dtype == clip_dtype
+    assert scorer.similarities([Image.new("RGB", (40, 30), "red")], [["a red square"]])[0][0] == pytest.approx(
+        ClipScorer(tiny_models.ranker, "cpu").similarities([Image.new("RGB", (40, 30), "red")],
+                                                           [["a red square"]])[0][0], abs=2e-2)
