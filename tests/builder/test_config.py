@@ -159,13 +159,13 @@ def test_bundled_presets_are_the_documented_ones():
 def test_preset_laion_idle_cap_is_what_laions_own_code_ran(tmp_path):
     """andreaskoepf/laion_idle_cap (docker/c_h2.py, docker/sampling.py): one ranking stage, CLIP ViT-L/14@336px
     over all candidates, every candidate stored; SimpleT5's predict defaults (simplet5 0.1.4) for the repair;
-    BLIP and T5 in fp32; its sampling is the default recipe's."""
+    its sampling and precision are the defaults'."""
     cfg = parse_config(["--output_dir", str(tmp_path), "--preset", "laion-idle-cap"])
     assert (cfg.rank.ranker, cfg.rerank.reranker, cfg.rank.keep_all_candidates) == ("ViT-L-14-336/openai", "none", True)
     assert (cfg.repair.repair_num_beams, cfg.repair.repair_repetition_penalty, cfg.repair.repair_early_stopping,
             cfg.repair.repair_clean_up_spaces) == (2, 2.5, True, True)
     assert cfg.repair.repair_max_new_tokens == 512 - 1  # predict's max_length=512 counts the decoder's start token
-    assert cfg.run.precision == "fp32"
+    assert cfg.run.precision == "auto"  # BLIP and T5 fp32, CLIP fp16 on GPUs: the reference's (map_fns.precision)
     assert cfg.caption == CaptionConfig()  # sampling.py's values are the defaults: nothing changed there
     # no Hub checkpoint of the reference's SimpleT5 model: the repairer and its prefix stay the default ones
     assert (cfg.repair.repairer, cfg.repair.repair_prefix) == (RepairConfig().repairer, RepairConfig().repair_prefix)
