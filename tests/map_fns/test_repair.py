@@ -70,26 +70,6 @@ def test_batched_repair_equals_one_row_at_a_time_generate(tiny_models):
 SIMPLET5_CAPTIONS = [*CAPTIONS, "a park with a table and a road", "two birds on a window"]
 
 
-def _recording_generate_kwargs(monkeypatch) -> list[dict]:
-    """The keyword arguments of every `generate` call of the repairers `make_repair_fn` loads."""
-    calls = []
-
-    def load_trained(*args, **kwargs):
-        model = real_load(*args, **kwargs)
-        real_generate = model.generate
-
-        def generate(**inputs):
-            calls.append({key: value for key, value in inputs.items() if key not in ("input_ids", "attention_mask")})
-            return real_generate(**inputs)
-
-        model.generate = generate
-        return model
-
-    real_load = repair_module.load_trained
-    monkeypatch.setattr(repair_module, "load_trained", load_trained)
-    return calls
-
-
 def _simplet5_predict(model, tokenizer, text: str, max_length: int) -> str:
     """simplet5 0.1.4's `SimpleT5.predict(text)` with its defaults, transcribed: `encode`, then `generate` with
     what predict passes (do_sample is not among it), then `decode` with its own cleanup."""
@@ -102,12 +82,13 @@ def _simplet5_predict(model, tokenizer, text: str, max_length: int) -> str:
 def test_simplet5_settings_repair_as_simplet5_predicts(tiny_models, monkeypatch):
     """The laion-idle-cap preset's repair settings, as flags, give SimpleT5's predict output caption by caption
     (its max_length counts the decoder's start token: max_new_tokens is one less). The prefix is the preset's."""
-    calls = _recording_generate_kwargs(monkeypatch)
+    settings = []
+    _recording_repairer(monkeypatch, settings=settings)
     cfg = RepairConfig(repairer=tiny_models.repairer, repair_num_beams=2, repair_max_new_tokens=12,
                        repair_repetition_penalty=2.5, repair_early_stopping=True, repair_clean_up_spaces=True)
     batch = {"status": [OK] * len(SIMPLET5_CAPTIONS), "top_caption_raw": SIMPLET5_CAPTIONS}
     repaired = make_repair_fn(cfg, "cpu")(batch)["top_caption"]
-    assert calls and all(call["repetition_penalty"] == 2.5 and call["early_stopping"] is True for call in calls)
+    assert settings and all(call["repetition_penalty"] == 2.5 and call["early_stopping"] is True for call in settings)
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_models.repairer)
     model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.repairer).eval()
@@ -178,8 +159,9 @@ def test_a_repair_that_comes_back_empty_keeps_the_chosen_caption(tiny_models, tm
     assert out["top_caption"] == [CAPTIONS[0], None, CAPTIONS[1], CAPTIONS[2]]
 
 
-def _recording_repairer(monkeypatch) -> tuple[list, list[list[int]]]:
-    """The models `make_repair_fn` loads, and the unpadded input lengths of every `generate` call."""
+def _recording_repairer(monkeypatch, settings: list[dict] | None = None) -> tuple[list, list[list[int]]]:
+    """The models `make_repair_fn` loads, and the unpadded input lengths of every `generate` call; its other
+    arguments (the generation settings) go to `settings` when given."""
     models, calls = [], []
 
     def load_trained(*args, **kwargs):
@@ -188,6 +170,9 @@ def _recording_repairer(monkeypatch) -> tuple[list, list[list[int]]]:
 
         def generate(**inputs):
             calls.append(inputs["attention_mask"].sum(dim=1).tolist())
+            if settings is not None:
+                settings.append({key: value for key, value in inputs.items()
+                                 if key not in ("input_ids", "attention_mask")})
             return real_generate(**inputs)
 
         model.generate = generate
