@@ -159,7 +159,7 @@ def test_bundled_presets_are_the_documented_ones():
 def test_preset_laion_idle_cap_is_what_laions_own_code_ran(tmp_path):
     """andreaskoepf/laion_idle_cap (docker/c_h2.py, docker/sampling.py): one ranking stage, CLIP ViT-L/14@336px
     over all candidates, every candidate stored; SimpleT5's predict defaults (simplet5 0.1.4) for the repair;
-    its sampling and precision are the defaults'."""
+    its sampling and precision need no value: the defaults are the reference's."""
     cfg = parse_config(["--output_dir", str(tmp_path), "--preset", "laion-idle-cap"])
     assert (cfg.rank.ranker, cfg.rerank.reranker, cfg.rank.keep_all_candidates) == ("ViT-L-14-336/openai", "none", True)
     assert (cfg.repair.repair_num_beams, cfg.repair.repair_repetition_penalty, cfg.repair.repair_early_stopping,
