@@ -100,8 +100,11 @@ class ReferenceLoop:
         cfg = self.repair_cfg
         inputs = self.repair_tokenizer([cfg.repair_prefix + caption], return_tensors="pt").to(self.device)
         out = self.repairer.generate(**inputs, num_beams=cfg.repair_num_beams, max_new_tokens=cfg.repair_max_new_tokens,
-                                     do_sample=False)
-        return self.repair_tokenizer.decode(out[0], skip_special_tokens=True).strip() or caption
+                                     repetition_penalty=cfg.repair_repetition_penalty,
+                                     early_stopping=cfg.repair_early_stopping, do_sample=False)
+        text = self.repair_tokenizer.decode(out[0], skip_special_tokens=True,
+                                            clean_up_tokenization_spaces=cfg.repair_clean_up_spaces)
+        return text.strip() or caption
 
 
 def _similarities_one_by_one(scorer: ClipScorer, image, captions: list[str]) -> list[float]:

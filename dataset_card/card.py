@@ -24,6 +24,7 @@ from dataset_card.plots import write_plots
 from dataset_card.provenance import models_used
 from dataset_card.shown_text import shorten
 from dataset_card.summary import CaptionSummary, summarise
+from map_fns.flags import NONE
 from map_fns.registry import STAGES
 from output.durable import write_durably
 from output.layout import card_path
@@ -52,6 +53,7 @@ def _environment() -> jinja2.Environment:
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["md"] = markdown_text
     env.filters["code"] = code_span
+    env.globals["NONE"] = NONE  # a model flag's value that switches its stage off
     return env
 
 

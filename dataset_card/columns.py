@@ -13,6 +13,8 @@ MEANINGS = {
     "all_captions": "the candidates kept by the first ranker, best first",
     "all_similarities": "their first-ranker cosine similarities to the image",
     "rerank_similarities": "second-ranker cosine similarities, same order as `all_captions`",
+    "candidates": "every unique sampled candidate, in sampling order (with `--keep_all_candidates`, else null)",
+    "candidate_similarities": "their first-ranker cosine similarities, same order as `candidates`",
     "status": "`ok`, or why the row has no caption: `invalid_url`, `blocked`, `opted_out`, `fetch_error`, "
               "`decode_error`, `no_caption`",
     "error": "short reason when `status` is not `ok`, else null",

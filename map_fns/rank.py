@@ -1,7 +1,9 @@
 """Rank stage: keep the BLIP candidates that CLIP ViT-L/14 finds closest to the image.
 
 LAION-COCO keeps the 5 best of 40 sampled captions; they become `all_captions`, best first, and the
-rerank stage picks the final one among them.
+rerank stage picks the final one among them. With `--keep_all_candidates` every unique candidate is also
+stored with its similarity, in sampling order, as LAION's own code (andreaskoepf/laion_idle_cap) stored them;
+the columns are null otherwise, so that every output has one schema.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from map_fns.flags import at_least, clip_spec
 from map_fns.precision import resolve_dtype
 from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
 
-WRITES = (Column("all_captions", "list<string>"), Column("all_similarities", "list<float64>"))
+WRITES = (Column("all_captions", "list<string>"), Column("all_similarities", "list<float64>"),
+          Column("candidates", "list<string>"), Column("candidate_similarities", "list<float64>"))
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +33,11 @@ class RankConfig:
         },
     )
     keep_top: int = field(default=5, metadata={"help": "how many of the best-ranked candidates to keep"})
+    keep_all_candidates: bool = field(
+        default=False,
+        metadata={"help": "also store every unique candidate (`candidates`, in sampling order) with its similarity "
+                          "(`candidate_similarities`); null when off"},
+    )
 
     def __post_init__(self):
         clip_spec(self, "ranker")
@@ -46,7 +54,8 @@ def top_k_by_score(items: list[str], scores: list[float], k: int) -> tuple[list[
 
 def make_rank_fn(cfg: RankConfig, device: str | torch.device, *, precision: str = "auto",
                  model_batch_size: int = 0) -> Callable[[dict[str, list]], dict[str, list]]:
-    """Load the ranker once; the returned batched fn adds `all_captions` and `all_similarities`.
+    """Load the ranker once; the returned batched fn adds `all_captions` and `all_similarities`, and with
+    `cfg.keep_all_candidates` `candidates` and `candidate_similarities` (else null).
 
     `precision` is resolved for `device` (`map_fns.precision`); images go through CLIP `model_batch_size` at a
     time, or as many as fit in free memory for 0.
@@ -60,7 +69,10 @@ def make_rank_fn(cfg: RankConfig, device: str | torch.device, *, precision: str 
         scores = scorer.similarities(rows["_image"], rows["_candidates"])
         kept = [top_k_by_score(candidates, row_scores, cfg.keep_top)
                 for candidates, row_scores in zip(rows["_candidates"], scores)]
-        return {"all_captions": [captions for captions, _ in kept], "all_similarities": [sims for _, sims in kept]}
+        every = cfg.keep_all_candidates
+        return {"all_captions": [captions for captions, _ in kept], "all_similarities": [sims for _, sims in kept],
+                "candidates": rows["_candidates"] if every else [None] * len(kept),
+                "candidate_similarities": scores if every else [None] * len(kept)}
 
     return on_ok_rows(rank, WRITES)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from map_fns.flags import NONE, at_least, model_or_none
+from map_fns.flags import NONE, above, at_least, model_or_none
 from map_fns.pretrained import load_trained
 from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
 
@@ -33,11 +33,29 @@ class RepairConfig:
     repair_prefix: str = field(default="grammar: ", metadata={"help": "task prefix the grammar model expects"})
     repair_num_beams: int = field(default=2, metadata={"help": "beam width of the repair generation"})
     repair_max_new_tokens: int = field(default=64, metadata={"help": "longest repaired caption, in tokens"})
+    repair_repetition_penalty: float = field(
+        default=1.0, metadata={"help": "generate's repetition_penalty for the repair (1.0: none)"}
+    )
+    repair_early_stopping: bool = field(
+        default=False, metadata={"help": "generate's early_stopping: end the beam search once every beam has finished"}
+    )
+    repair_clean_up_spaces: bool = field(
+        default=False,
+        metadata={"help": "decode with clean_up_tokenization_spaces (drops the space in ' .', ' ,', \" n't\", ...)"},
+    )
 
     def __post_init__(self):
         model_or_none(self, "repairer")
         for flag in ("repair_num_beams", "repair_max_new_tokens"):
             at_least(self, flag, 1, integer=True)
+        above(self, "repair_repetition_penalty", 0)
+
+    def generate_kwargs(self) -> dict:
+        """What the flags pass to `generate`: beam search, never sampling; anything else is the checkpoint's own
+        generation config."""
+        return {"num_beams": self.repair_num_beams, "max_new_tokens": self.repair_max_new_tokens,
+                "repetition_penalty": self.repair_repetition_penalty, "early_stopping": self.repair_early_stopping,
+                "do_sample": False}
 
 
 def bytes_per_caption(model, num_beams: int, max_new_tokens: int) -> int:
@@ -89,9 +107,10 @@ def make_repair_fn(cfg: RepairConfig, device: str | torch.device, *, precision: 
 
     def generate(texts: list[str]) -> list[str]:
         inputs = tokenizer(texts, return_tensors="pt", padding=True).to(device)
-        out = model.generate(**inputs, num_beams=cfg.repair_num_beams, max_new_tokens=cfg.repair_max_new_tokens,
-                             do_sample=False)
-        return [text.strip() for text in tokenizer.batch_decode(out, skip_special_tokens=True)]
+        out = model.generate(**inputs, **cfg.generate_kwargs())
+        texts = tokenizer.batch_decode(out, skip_special_tokens=True,
+                                       clean_up_tokenization_spaces=cfg.repair_clean_up_spaces)
+        return [text.strip() for text in texts]
 
     def repair(rows: dict[str, list]) -> dict[str, list]:
         raw = rows["top_caption_raw"]

@@ -153,7 +153,27 @@ def test_tiny_models_are_looked_for_where_the_run_builds_them(tmp_path, how):
 
 
 def test_bundled_presets_are_the_documented_ones():
-    assert bundled_presets() == ["laion-coco", "tiny"]
+    assert bundled_presets() == ["laion-coco", "laion-idle-cap", "tiny"]
+
+
+def test_preset_laion_idle_cap_is_what_laions_own_code_ran(tmp_path):
+    """andreaskoepf/laion_idle_cap (docker/c_h2.py, docker/sampling.py): one ranking stage, CLIP ViT-L/14@336px
+    over all candidates, every candidate stored; SimpleT5's predict defaults (simplet5 0.1.4) for the repair;
+    its sampling and precision need no value: the defaults are the reference's."""
+    cfg = parse_config(["--output_dir", str(tmp_path), "--preset", "laion-idle-cap"])
+    assert (cfg.rank.ranker, cfg.rerank.reranker, cfg.rank.keep_all_candidates) == ("ViT-L-14-336/openai", "none", True)
+    assert (cfg.repair.repair_num_beams, cfg.repair.repair_repetition_penalty, cfg.repair.repair_early_stopping,
+            cfg.repair.repair_clean_up_spaces) == (2, 2.5, True, True)
+    assert cfg.repair.repair_max_new_tokens == 512 - 1  # predict's max_length=512 counts the decoder's start token
+    assert cfg.run.precision == "auto"  # BLIP and T5 fp32, CLIP fp16 on GPUs: the reference's (map_fns.precision)
+    assert cfg.caption == CaptionConfig()  # sampling.py's values are the defaults: nothing changed there
+    # no Hub checkpoint of the reference's SimpleT5 model: the repairer and its prefix stay the default ones
+    assert (cfg.repair.repairer, cfg.repair.repair_prefix) == (RepairConfig().repairer, RepairConfig().repair_prefix)
+    assert cfg.rank.keep_top == RankConfig().keep_top and cfg.caption.captioner == CaptionConfig().captioner
+
+    cfg = parse_config(["--output_dir", str(tmp_path), "--preset", "laion-idle-cap", "--keep_all_candidates", "false",
+                        "--reranker", "RN50x64/openai"])
+    assert (cfg.rank.keep_all_candidates, cfg.rerank.reranker) == (False, "RN50x64/openai")  # flags win
 
 
 def test_a_preset_given_by_path_sits_under_yaml_and_flags(tmp_path):
@@ -206,7 +226,7 @@ def test_build_py_help_lists_the_bundled_presets():
     assert proc.returncode == 0, proc.stderr
     help_text = " ".join(proc.stdout.split())  # argparse wraps lines
     preset_help = help_text[help_text.rindex("--preset PRESET"):help_text.rindex("--config CONFIG")]  # not the usage
-    assert "laion-coco | tiny" in preset_help and "YAML file" in preset_help
+    assert "laion-coco | laion-idle-cap | tiny" in preset_help and "YAML file" in preset_help
 
 
 # --- errors: ConfigError, one line, naming the flag and the bad value -----------------------------------
@@ -258,6 +278,10 @@ ERROR_CASES = {
     "ranker bad hf-hub spec": (lambda t: ["--ranker", "hf-hub:no-repo"], lambda t: ["--ranker", "hf-hub:no-repo"]),
     "reranker bad spec": (lambda t: ["--reranker", "RN50"], lambda t: ["--reranker", "RN50"]),
     "unknown precision": (lambda t: ["--precision", "fp8"], lambda t: ["--precision", "fp8", "bf16"]),
+    "keep_all_candidates not a bool": (
+        lambda t: ["--keep_all_candidates", "maybe"], lambda t: ["--keep_all_candidates", "maybe"]),
+    "zero repair repetition penalty": (
+        lambda t: ["--repair_repetition_penalty", "0"], lambda t: ["--repair_repetition_penalty", "0"]),
     "negative model batch size": (lambda t: ["--model_batch_size", "-3"], lambda t: ["--model_batch_size", "-3"]),
     "hub repo without namespace": (lambda t: ["--push_to_hub", "laion-coco"], lambda t: ["--push_to_hub", "laion-coco"]),
     "hub repo with two slashes": (lambda t: ["--push_to_hub", "a/b/c"], lambda t: ["--push_to_hub", "a/b/c"]),
@@ -307,8 +331,9 @@ def _round_trip(cfg: BuildConfig, path: Path) -> BuildConfig:
          "--ranker", "hf-hub:org/clip", "--reranker", "none", "--repairer", "none", "--repair_prefix", ""],
         ["--preset", "tiny", "--repairer", "none"],
         ["--preset", "PRESET_FILE", "--top_k", "3"],
+        ["--preset", "laion-idle-cap"],
     ],
-    ids=["defaults", "many flags", "preset tiny", "preset file"],
+    ids=["defaults", "many flags", "preset tiny", "preset file", "preset laion-idle-cap"],
 )
 def test_saved_config_reproduces_the_run(tmp_path, argv):
     argv = [_yaml(tmp_path / "preset.yaml", {"top_p": 0.5, "seed": 3}) if arg == "PRESET_FILE" else arg for arg in argv]

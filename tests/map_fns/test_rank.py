@@ -71,7 +71,7 @@ def test_needs_quick_gelu_follows_the_pretrained_tag():
 
 
 def test_configs_default_to_laion_coco_models():
-    assert (RankConfig().ranker, RankConfig().keep_top) == ("ViT-L-14/openai", 5)
+    assert (RankConfig().ranker, RankConfig().keep_top, RankConfig().keep_all_candidates) == ("ViT-L-14/openai", 5, False)
     assert RerankConfig().reranker == "RN50x64/openai"
     assert RerankConfig(reranker="none").reranker == "none"
 
@@ -173,9 +173,10 @@ def ranked(tiny_models):
 
 def test_rank_returns_only_new_columns_with_non_ok_rows_none(ranked):
     _, out = ranked
-    assert set(out) == {"all_captions", "all_similarities"}
-    assert out["all_captions"][1] is None and out["all_similarities"][1] is None
-    assert out["all_captions"][3] is None and out["all_similarities"][3] is None
+    assert set(out) == {"all_captions", "all_similarities", "candidates", "candidate_similarities"}
+    for column in out:
+        assert out[column][1] is None and out[column][3] is None
+    assert out["candidates"] == out["candidate_similarities"] == [None] * 4  # --keep_all_candidates is off
 
 
 def test_rank_matches_direct_open_clip_recomputation(ranked, tiny_models):
@@ -194,6 +195,36 @@ def test_rank_keeps_all_when_fewer_candidates_than_keep_top(ranked):
     assert len(out["all_similarities"][2]) == 2
 
 
+def test_keep_all_candidates_stores_every_candidate_with_the_similarity_that_ranked_it(ranked, tiny_models):
+    """Every candidate in sampling order, scored as open_clip scores it directly; the shortlist is their top
+    keep_top, so each kept similarity is its candidate's own; the shortlist itself is unchanged by the flag."""
+    batch, without = ranked
+    out = make_rank_fn(RankConfig(ranker=tiny_models.ranker, keep_top=3, keep_all_candidates=True), "cpu")(batch)
+    for i in (0, 2):  # the ok rows
+        candidates, similarities = out["candidates"][i], out["candidate_similarities"][i]
+        assert candidates == batch["_candidates"][i]
+        direct = _direct_similarities(tiny_models.ranker, batch["_image"][i], candidates)
+        assert similarities == pytest.approx(direct, abs=1e-5) and all(type(s) is float for s in similarities)
+        best_first = sorted(range(len(candidates)), key=lambda j: similarities[j], reverse=True)[:3]
+        assert out["all_captions"][i] == [candidates[j] for j in best_first]
+        assert out["all_similarities"][i] == [similarities[j] for j in best_first]  # the same floats, not recomputed
+        assert out["all_captions"][i] == without["all_captions"][i][:3]
+    assert len(out["candidates"][0]) == 7 > 3  # more candidates than kept: the two lists differ
+    assert out["candidates"][1] is None and out["candidate_similarities"][3] is None  # rows not ok
+
+
+def test_the_laion_idle_cap_ranker_is_a_known_open_clip_model():
+    """The preset's ranker, CLIP ViT-L/14@336px, resolves in open_clip to OpenAI's weights with QuickGELU, as
+    clip.load("ViT-L/14@336px") ran it (checked from open_clip's registry; nothing is downloaded)."""
+    from builder.config import parse_config
+
+    spec = parse_config(["--output_dir", "unused", "--preset", "laion-idle-cap"]).rank.ranker
+    name, pretrained = parse_clip_spec(spec)
+    assert open_clip.get_pretrained_cfg(name, pretrained)["url"].endswith("/ViT-L-14-336px.pt")
+    assert needs_quick_gelu(name, pretrained)
+    assert open_clip.get_model_config(name)["vision_cfg"]["image_size"] == 336
+
+
 def test_rank_refuses_ok_rows_without_candidates(tiny_models):
     rank = make_rank_fn(RankConfig(ranker=tiny_models.ranker), "cpu")
     with pytest.raises(ValueError, match="no_caption"):
@@ -203,7 +234,8 @@ def test_rank_refuses_ok_rows_without_candidates(tiny_models):
 def test_rank_batch_without_ok_rows(tiny_models):
     rank = make_rank_fn(RankConfig(ranker=tiny_models.ranker), "cpu")
     out = rank({"status": [FETCH_ERROR], "_image": [None], "_candidates": [None]})
-    assert out == {"all_captions": [None], "all_similarities": [None]}
+    assert out == {"all_captions": [None], "all_similarities": [None], "candidates": [None],
+                   "candidate_similarities": [None]}
 
 
 def test_rerank_scores_in_all_captions_order_and_picks_the_argmax(ranked, tiny_models):

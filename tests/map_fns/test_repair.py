@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 import transformers
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
 import map_fns.batching
 import map_fns.repair as repair_module
@@ -28,6 +28,8 @@ def test_defaults_follow_laion_coco():
     assert (cfg.repairer, cfg.repair_prefix, cfg.repair_num_beams, cfg.repair_max_new_tokens) == (
         "vennify/t5-base-grammar-correction", "grammar: ", 2, 64
     )
+    # generate's and decode's own defaults: what the repair passed before these flags existed
+    assert (cfg.repair_repetition_penalty, cfg.repair_early_stopping, cfg.repair_clean_up_spaces) == (1.0, False, False)
 
 
 @pytest.mark.parametrize(
@@ -37,6 +39,7 @@ def test_defaults_follow_laion_coco():
         ({"repair_num_beams": 0}, "--repair_num_beams"),
         ({"repair_max_new_tokens": -1}, "--repair_max_new_tokens"),
         ({"repair_max_new_tokens": "64"}, "--repair_max_new_tokens"),
+        ({"repair_repetition_penalty": 0.0}, "--repair_repetition_penalty"),
     ],
 )
 def test_config_rejects_bad_values_naming_the_flag(kwargs, flag):
@@ -62,6 +65,89 @@ def test_batched_repair_equals_one_row_at_a_time_generate(tiny_models):
     assert len(set(expected)) == len(expected) and all(expected), "tiny T5 outputs must tell rows apart"
 
 
+# --- generation settings: SimpleT5's predict, as LAION's own code called it ----------------------------------
+
+SIMPLET5_CAPTIONS = [*CAPTIONS, "a park with a table and a road", "two birds on a window"]
+
+
+def _simplet5_predict(model, tokenizer, text: str, max_length: int) -> str:
+    """simplet5 0.1.4's `SimpleT5.predict(text)` with its defaults, transcribed: `encode`, then `generate` with
+    what predict passes (do_sample is not among it), then `decode` with its own cleanup."""
+    input_ids = tokenizer.encode(text, return_tensors="pt", add_special_tokens=True)
+    ids = model.generate(input_ids=input_ids, num_beams=2, max_length=max_length, repetition_penalty=2.5,
+                         length_penalty=1.0, early_stopping=True, top_p=0.95, top_k=50, num_return_sequences=1)
+    return tokenizer.decode(ids[0], skip_special_tokens=True, clean_up_tokenization_spaces=True)
+
+
+def test_simplet5_settings_repair_as_simplet5_predicts(tiny_models, monkeypatch):
+    """The laion-idle-cap preset's repair settings, as flags, give SimpleT5's predict output caption by caption
+    (its max_length counts the decoder's start token: max_new_tokens is one less). The prefix is the preset's."""
+    settings = []
+    _recording_repairer(monkeypatch, settings=settings)
+    cfg = RepairConfig(repairer=tiny_models.repairer, repair_num_beams=2, repair_max_new_tokens=12,
+                       repair_repetition_penalty=2.5, repair_early_stopping=True, repair_clean_up_spaces=True)
+    batch = {"status": [OK] * len(SIMPLET5_CAPTIONS), "top_caption_raw": SIMPLET5_CAPTIONS}
+    repaired = make_repair_fn(cfg, "cpu")(batch)["top_caption"]
+    assert settings and all(call["repetition_penalty"] == 2.5 and call["early_stopping"] is True for call in settings)
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.repairer)
+    model = AutoModelForSeq2SeqLM.from_pretrained(tiny_models.repairer).eval()
+    with torch.no_grad():
+        predicted = [_simplet5_predict(model, tokenizer, cfg.repair_prefix + caption, max_length=13).strip()
+                     for caption in SIMPLET5_CAPTIONS]
+    assert repaired == predicted
+    plain = make_repair_fn(RepairConfig(repairer=tiny_models.repairer, repair_max_new_tokens=12), "cpu")(batch)
+    plain = plain["top_caption"]
+    assert plain != repaired, "the penalty must change some repair of the tiny T5, or this test proves nothing"
+
+
+@pytest.fixture(scope="module")
+def scripted_t5(tiny_models, tmp_path_factory) -> str:
+    """A T5 (the tiny one's shape and tokenizer) whose next token depends only on the previous one: after the start
+    'a'; after 'a' 'a' again (logit 10) over the separate piece '▁' (logit 9); then '.', then the end. Every
+    decoder sub-layer writes zeros, so the decoder's output is the previous token's embedding, a unit vector
+    that the output layer maps to those logits exactly (the final norm's weight is 1)."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.repairer)
+    config = T5Config.from_pretrained(tiny_models.repairer)
+    config.tie_word_embeddings = False
+    model = T5ForConditionalGeneration(config).eval()
+    a, space, dot = tokenizer.convert_tokens_to_ids(["▁a", "▁", "."])
+    script = {config.decoder_start_token_id: {a: 10.0}, a: {a: 10.0, space: 9.0}, space: {dot: 10.0},
+              dot: {tokenizer.eos_token_id: 10.0}}
+    with torch.no_grad():
+        for block in model.decoder.block:
+            block.layer[0].SelfAttention.o.weight.zero_()
+            block.layer[1].EncDecAttention.o.weight.zero_()
+            block.layer[2].DenseReluDense.wo.weight.zero_()
+        model.decoder.final_layer_norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        embeddings = model.decoder.embed_tokens.weight
+        for unit, (previous, logits) in enumerate(script.items()):
+            embeddings[previous] = 0.0
+            embeddings[previous, unit] = 1.0
+            for token, logit in logits.items():
+                model.lm_head.weight[token, unit] = logit * config.d_model ** 0.5  # undoes T5's output scaling
+    path = tmp_path_factory.mktemp("scripted-t5")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({}, "a a a a a a"),  # no penalty: 'a' (10) beats '▁' (9) every time, up to the 6 tokens
+        ({"repair_repetition_penalty": 2.5}, "a ."),  # 'a' once written: 10 / 2.5 = 4 < 9
+        ({"repair_repetition_penalty": 2.5, "repair_clean_up_spaces": True}, "a."),
+    ],
+    ids=["defaults", "repetition penalty", "and space cleanup"],
+)
+def test_each_repair_setting_reaches_generation(scripted_t5, settings, expected):
+    cfg = RepairConfig(repairer=scripted_t5, repair_prefix="", repair_num_beams=1, repair_max_new_tokens=6, **settings)
+    out = make_repair_fn(cfg, "cpu")({"status": [OK, DECODE_ERROR], "top_caption_raw": ["a dog", None]})
+    assert out["top_caption"] == [expected, None]
+
+
 def test_a_repair_that_comes_back_empty_keeps_the_chosen_caption(tiny_models, tmp_path):
     """A repairer whose every logit is 0 emits only padding, which decodes to ''; the caption must survive."""
     mute = tmp_path / "mute-t5"
@@ -73,8 +159,9 @@ def test_a_repair_that_comes_back_empty_keeps_the_chosen_caption(tiny_models, tm
     assert out["top_caption"] == [CAPTIONS[0], None, CAPTIONS[1], CAPTIONS[2]]
 
 
-def _recording_repairer(monkeypatch) -> tuple[list, list[list[int]]]:
-    """The models `make_repair_fn` loads, and the unpadded input lengths of every `generate` call."""
+def _recording_repairer(monkeypatch, settings: list[dict] | None = None) -> tuple[list, list[list[int]]]:
+    """The models `make_repair_fn` loads, and the unpadded input lengths of every `generate` call; its other
+    arguments (the generation settings) go to `settings` when given."""
     models, calls = [], []
 
     def load_trained(*args, **kwargs):
@@ -83,6 +170,9 @@ def _recording_repairer(monkeypatch) -> tuple[list, list[list[int]]]:
 
         def generate(**inputs):
             calls.append(inputs["attention_mask"].sum(dim=1).tolist())
+            if settings is not None:
+                settings.append({key: value for key, value in inputs.items()
+                                 if key not in ("input_ids", "attention_mask")})
             return real_generate(**inputs)
 
         model.generate = generate
