@@ -99,7 +99,7 @@ def test_output_schema_and_card_follow_the_design(built):
     schema = schemas.pop()
     assert schema.names == ["URL", "TEXT", "image", "row_id", "top_caption", "top_caption_raw", "all_captions",
                             "all_similarities", "rerank_similarities", "status", "error", "image_width",
-                            "image_height"]
+                            "image_height", "candidates", "candidate_similarities"]
     assert schema.field("all_similarities").type == pa.list_(pa.float64())
     assert schema.field("image_width").type == pa.int32()
     card = (output / "README.md").read_text()

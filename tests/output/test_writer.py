@@ -26,6 +26,8 @@ GENERATED = {
     "error": pa.string(),
     "image_width": pa.int32(),
     "image_height": pa.int32(),
+    "candidates": pa.list_(pa.string()),
+    "candidate_similarities": pa.list_(pa.float64()),
 }
 
 SOURCE_FEATURES = Features({
@@ -77,6 +79,7 @@ def _batch(start: int, failed: bool) -> dict[str, list]:
             "all_similarities": [None, None], "rerank_similarities": [None, None],
             "status": [FETCH_ERROR, DECODE_ERROR], "error": ["HTTP 404", "not an image"],
             "image_width": [None, None], "image_height": [None, None],
+            "candidates": [None, None], "candidate_similarities": [None, None],
         }
     else:
         generated = {
@@ -86,6 +89,8 @@ def _batch(start: int, failed: bool) -> dict[str, list]:
             "rerank_similarities": [[0.125, 0.5 - i / 100] for i in rows],
             "status": [OK, OK], "error": [None, None],
             "image_width": [100 + i for i in rows], "image_height": [200 + i for i in rows],
+            "candidates": [[f"another {i}", f"a caption {i}", f"third {i}"] for i in rows],
+            "candidate_similarities": [[0.25, 0.5 + i / 100, 0.125] for i in rows],
         }
     return {
         "URL": [f"http://img.test/{i}.jpg" for i in rows], "TEXT": [f"alt {i}" for i in rows],
