@@ -15,7 +15,15 @@ from transformers import (
     T5Tokenizer,
 )
 
-from builder.tiny_models import LOCAL_DIR_PREFIX, VERSION_DIR, _build_once, build_tiny_models, tiny_model_paths
+from builder.tiny_models import (
+    LOCAL_DIR_PREFIX,
+    VERSION_DIR,
+    _build_once,
+    build_peaked_captioner,
+    build_tiny_models,
+    tiny_model_paths,
+)
+from map_fns.blip_decode import load_captioner
 
 
 def _images() -> list[Image.Image]:
@@ -148,3 +156,23 @@ def test_small_on_disk(tiny_models):
     root = Path(tiny_models.captioner).parent
     total = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     assert total < 20 * 2**20
+
+
+def test_peaked_captioner_is_deterministic_loads_as_a_captioner_and_sees_the_image(tiny_models, tmp_path):
+    """Same weights on every build; the product's loader takes it; unlike the tiny BLIP, different images give
+    different next-token logits, and those logits are far from flat."""
+    first = build_peaked_captioner(tmp_path / "a")
+    second = build_peaked_captioner(tmp_path / "b")
+    assert (Path(first) / "model.safetensors").read_bytes() == (Path(second) / "model.safetensors").read_bytes()
+    model, processor = load_captioner(first, torch.device("cpu"))  # refuses missing weights
+    tiny, _ = load_captioner(tiny_models.captioner, torch.device("cpu"))
+    assert model.config.to_dict() | {"_name_or_path": ""} == tiny.config.to_dict() | {"_name_or_path": ""}
+    pixels = processor.image_processor(_images(), return_tensors="pt").pixel_values
+    prompt = torch.tensor([[model.config.text_config.bos_token_id, 5, 6]] * len(pixels))
+    with torch.inference_mode():
+        peaked_logits, tiny_logits = (
+            m.text_decoder(input_ids=prompt, encoder_hidden_states=m.vision_model(pixel_values=pixels)[0]).logits[:, -1]
+            for m in (model, tiny))
+    assert (peaked_logits[0] - peaked_logits[1]).abs().max() > 1.0
+    assert (tiny_logits[0] - tiny_logits[1]).abs().max() < 1e-4  # why the tiny one cannot exercise the rules
+    assert peaked_logits.softmax(-1).max(-1).values.min() > 0.05 > 0.01 > tiny_logits.softmax(-1).max()  # 1/330 flat

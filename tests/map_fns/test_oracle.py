@@ -1,0 +1,142 @@
+"""The product against an independent transcription of LAION's reference code (tests/oracle).
+
+The captioner is `build_peaked_captioner`'s tiny BLIP, whose logits are peaked, so that on the sample
+photographs with the recipe's settings every sampling rule decides something: the early stop fires (at
+step 0 for whole images, before min length for others), min length blocks an EOS the nucleus would keep,
+candidates repeat and reach their max length. The rankers are the `tiny` preset's CLIPs. Both sides draw
+from the same per-row uniforms; everything else the oracle computes its own way (no cache, one candidate
+set at a time, each caption scored alone). The product's settings are its own defaults, the oracle's those
+of the reference code, so a changed default counts as a departure too.
+"""
+
+import io
+from collections import Counter
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+from transformers import BlipForConditionalGeneration, BlipProcessor
+
+from builder.source import bundled_sample
+from builder.tiny_models import build_peaked_captioner
+from map_fns.blip_decode import load_captioner, prompt_token_ids, sample_candidate_ids
+from map_fns.caption import CaptionConfig, make_caption_fn
+from map_fns.rank import RankConfig, make_rank_fn
+from map_fns.rerank import RerankConfig, make_rerank_fn
+from map_fns.sampling import row_uniforms
+from map_fns.status import NO_CAPTION, OK
+from tests.oracle import sampling as oracle
+from tests.oracle.ranking import ReferenceClip, choose
+
+SEED = 0
+
+
+@pytest.fixture(scope="module")
+def photos() -> tuple[list[str], list[Image.Image]]:
+    """The bundled sample photographs (row keys are their URLs), decoded plainly, as both sides get them."""
+    rows = pq.read_table(bundled_sample(), columns=["URL", "image"]).to_pylist()
+    return [row["URL"] for row in rows], [Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB") for row in rows]
+
+
+@pytest.fixture(scope="module")
+def peaked(tmp_path_factory) -> str:
+    return build_peaked_captioner(tmp_path_factory.mktemp("peaked") / "captioner")
+
+
+def _oracle_samples(captioner: str, photos, recipe: oracle.Recipe) -> list[oracle.Sampled]:
+    model = BlipForConditionalGeneration.from_pretrained(captioner).eval()
+    processor = BlipProcessor.from_pretrained(captioner)
+    pixels = [processor.image_processor([image], return_tensors="pt").pixel_values for image in photos[1]]
+    return [oracle.sample_image(model, processor.tokenizer, image_pixels, oracle.reference_uniforms(SEED, key, recipe),
+                                recipe)
+            for key, image_pixels in zip(photos[0], pixels)]
+
+
+def _product_token_ids(cfg: CaptionConfig, photos) -> list[list[list[int]]]:
+    """The caption stage's decode loop on every photograph at once: token ids per image and candidate."""
+    keys, images = photos
+    model, processor = load_captioner(cfg.captioner, torch.device("cpu"))
+    text = model.config.text_config
+    prompt = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text.bos_token_id, text.sep_token_id)
+    pixels = processor.image_processor(images, return_tensors="pt").pixel_values
+    uniforms = torch.stack([row_uniforms(cfg.seed, key, cfg.num_candidates, max(cfg.max_lengths)) for key in keys])
+    return sample_candidate_ids(model, pixels, uniforms, cfg, prompt)
+
+
+@pytest.fixture(scope="module")
+def reference(peaked, photos) -> list[oracle.Sampled]:
+    return _oracle_samples(peaked, photos, oracle.Recipe())
+
+
+@pytest.fixture(scope="module")
+def product(peaked, photos, tiny_models) -> dict[str, list]:
+    """The caption, rank and rerank stages, built by their factories and run one after another on one batch."""
+    keys, images = photos
+    batch = {"_image": images, "_row_key": keys, "status": [OK] * len(keys), "error": [None] * len(keys)}
+    for fn in (make_caption_fn(CaptionConfig(captioner=peaked, seed=SEED), "cpu"),
+               make_rank_fn(RankConfig(ranker=tiny_models.ranker), "cpu"),
+               make_rerank_fn(RerankConfig(reranker=tiny_models.reranker), "cpu")):
+        batch |= fn(batch)
+    return batch
+
+
+def _nonempty(captions: list[str]) -> list[str]:
+    """The reference kept an empty caption; we drop it (a documented departure)."""
+    return [caption for caption in captions if caption]
+
+
+def test_the_peaked_captioner_meets_every_rule_of_the_loop(reference):
+    """What the comparisons below rest on: each rule decided something, on more than one image."""
+    events = sum((sampled.events for sampled in reference), start=Counter())
+    for event in (oracle.FORCED_STOP, oracle.FORCED_STOP_BEFORE_MIN_LENGTH, oracle.EOS_BLOCKED_IN_NUCLEUS,
+                  oracle.SAMPLED_EOS, oracle.DUPLICATE, oracle.EMPTY, oracle.MAX_LENGTH):
+        assert events[event] > 0, (event, events)
+    unique = [len(_nonempty(sampled.captions)) for sampled in reference]
+    assert 0 < unique.count(0) < len(unique) // 2, unique  # some images, not most, lose every candidate
+    assert sum(count > 5 for count in unique) >= 3, unique  # the shortlist really cuts
+
+
+def test_product_samples_the_reference_loops_tokens(peaked, photos, reference):
+    """Candidate by candidate, the same generated tokens (the rules: penalty, top-k, top-p, EOS blocking, the
+    early stop, lengths)."""
+    product = _product_token_ids(CaptionConfig(captioner=peaked, seed=SEED), photos)
+    for key, ours, expected in zip(photos[0], product, reference):
+        assert ours == expected.generated, key
+
+
+def test_product_samples_the_reference_loops_tokens_off_the_recipe(peaked, photos):
+    """Settings where the order of the rules shows: top-k 3 within the vocabulary, so cutting to k before or
+    after the nucleus keeps different tokens; a weaker penalty and a shorter min length."""
+    settings = dict(top_k=3, top_p=0.6, min_length=2, repetition_penalty=1.1)
+    few = (photos[0][:4], photos[1][:4])
+    product = _product_token_ids(CaptionConfig(captioner=peaked, seed=SEED, **settings), few)
+    reference = _oracle_samples(peaked, few, oracle.Recipe(**settings))
+    for key, ours, expected in zip(few[0], product, reference):
+        assert ours == expected.generated, key
+
+
+def test_product_captions_are_the_reference_loops(product, reference):
+    """Same unique non-empty captions per image (the reference lists them in completion order, we in sampling
+    order); an image whose every candidate is empty is `no_caption`."""
+    for key, status, candidates, expected in zip(product["_row_key"], product["status"], product["_candidates"],
+                                                 reference):
+        expected = _nonempty(expected.captions)
+        assert status == (OK if expected else NO_CAPTION), key
+        assert sorted(candidates or []) == sorted(expected), key
+        assert len(set(candidates or [])) == len(candidates or []), key
+
+
+def test_product_ranks_and_chooses_as_the_reference(product, photos, tiny_models):
+    """Given the product's candidates, the reference's two-stage ranking keeps the same shortlist, with the same
+    similarities, and chooses the same caption."""
+    first, second = ReferenceClip(tiny_models.ranker), ReferenceClip(tiny_models.reranker)
+    ranked = [i for i, status in enumerate(product["status"]) if status == OK]
+    assert len(ranked) >= len(product["status"]) // 2
+    for i in ranked:
+        expected = choose(first, second, photos[1][i], product["_candidates"][i])
+        assert product["all_captions"][i] == expected.shortlist, photos[0][i]
+        np.testing.assert_allclose(product["all_similarities"][i], expected.similarities, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(product["rerank_similarities"][i], expected.rerank_similarities, rtol=0, atol=1e-6)
+        assert product["top_caption_raw"][i] == expected.chosen, photos[0][i]
