@@ -37,9 +37,9 @@ _STRIP_BYTES = 6 * _STRIP_PIXELS * 4
 _RESAMPLE = Image.Resampling.BICUBIC
 # `resize` first shrinks by a whole factor with `Image.reduce` (a fast box filter), leaving at least this ratio to
 # the resampling filter. At the default min side only images over 5376 px on their shorter side are reduced, and a
-# JPEG never is (its DCT-scaled decode is already within 2x of the target). The reduced RGB strips keep a big RGBA
-# or palette PNG's decode within its memory estimate; an 8400x5600 PNG then reaches RN50x64 0.0023 (mean) from its
-# processor's input on the full image, 0.0014 unreduced (3.0 would not reduce it), in the same time.
+# JPEG never is (its DCT-scaled decode is already within 2x of the target). Reducing keeps the copy a huge PNG is
+# converted into small; it costs little: an 8400x5600 PNG reaches RN50x64 0.0023 (mean) from its processor's input
+# on the full image, against 0.0014 unreduced (3.0 would not reduce it), in the same time.
 _REDUCING_GAP = 2.0
 
 
@@ -161,8 +161,10 @@ def _bytes_held(img: Image.Image, data: bytes, target: tuple[int, int] | None, e
         return source + _STRIP_BYTES + width * height * _RGB_BYTES
     fx, fy = _reducing_factors(extent, target)
     reduced_width, reduced_height = -(-width // fx), -(-height // fy)
-    # The resize filters rows first, into an image of the target's width and the reduced image's height.
-    pixels = reduced_width * reduced_height + target[0] * reduced_height + target[0] * target[1]
+    # The resize filters rows first, into an image of the target's width and the reduced image's height; an RGB
+    # image is resized as it is when no whole factor reduces it, anything else goes through a converted copy.
+    copied = not _is_plain_rgb(img) or (fx, fy) != (1, 1)
+    pixels = (reduced_width * reduced_height if copied else 0) + target[0] * reduced_height + target[0] * target[1]
     return source + _STRIP_BYTES + pixels * _RGB_BYTES
 
 
@@ -225,11 +227,15 @@ def _downscaled_rgb(img: Image.Image, target: tuple[int, int], extent: tuple[flo
     """`img`'s `extent` as RGB at `target`: the same pixels as converting `img` whole, then `resize(target,
     _RESAMPLE, box=(0, 0, *extent), reducing_gap=_REDUCING_GAP)`, without a full-size RGB copy (each strip is
     converted, then reduced)."""
-    if img.mode == "RGB" and "transparency" not in img.info:  # nothing to convert: Pillow reduces it itself
+    if _is_plain_rgb(img):  # nothing to convert: Pillow reduces it itself
         return img.resize(target, _RESAMPLE, box=(0, 0, *extent), reducing_gap=_REDUCING_GAP)
     fx, fy = _reducing_factors(extent, target)
     reduced = _rgb(img, (fx, fy))
     return reduced.resize(target, _RESAMPLE, box=(0, 0, extent[0] / fx, extent[1] / fy))
+
+
+def _is_plain_rgb(img: Image.Image) -> bool:
+    return img.mode == "RGB" and "transparency" not in img.info
 
 
 def _rgb(img: Image.Image, factors: tuple[int, int]) -> Image.Image:
