@@ -64,6 +64,15 @@ def scorer_preprocess(name: str, folder) -> object:
     return ClipScorer(f"local-dir:{folder}", "cpu").preprocess
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The processors' tensors are small: one thread is faster than two waiting on each other on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict:
     """name -> (the product's input from an image, the model's own processor's)."""
