@@ -10,6 +10,7 @@ to the full-size decode (upright, alpha on white), in the processors' normalised
 import functools
 import io
 import json
+from collections.abc import Callable
 
 import numpy as np
 import open_clip
@@ -28,10 +29,10 @@ from map_fns.images import decode_for_models
 
 LIMIT = 10**9
 MIN_SIDE = FetchConfig().resize_min_side
-# Per model and image, in normalised units. Measured here: at most 0.0025 mean where the decode is full scale, 0.0042
-# where libjpeg's 1/2 scale lands within a few % of the target (bench/model_inputs.py); at most 0.06 (four levels, at
-# a hard transparent edge of an image just over S). A picture stretched or shifted by a fraction of a pixel shows
-# 0.3-1.9 at its edges.
+# Per model and image, in normalised units, as measured on the cases below: at most 0.0025 mean where the image is
+# decoded at full scale, 0.0042 where libjpeg's 1/2 scale lands within a few % of the target; at most 0.06 (four
+# levels, at a hard transparent edge of an image just over S). Averages over many photographs: bench/model_inputs.py.
+# A picture stretched or shifted by a fraction of a pixel shows 0.3-1.9 at its edges.
 MEAN_TOLERANCE = 0.0045
 MAX_TOLERANCE = 0.075
 # Salesforce/blip-image-captioning-large's preprocessor_config.json, as the caption stage loads it.
@@ -51,7 +52,7 @@ def reference_transform(name: str):
         std=pretrained["std"], resize_mode=pretrained["resize_mode"], interpolation=pretrained["interpolation"])
 
 
-def scorer_preprocess(name: str, folder) -> object:
+def scorer_preprocess(name: str, folder) -> Callable:
     """`ClipScorer.preprocess` for a tiny `local-dir:` model with `name`/openai's image size and preprocessing."""
     pretrained = open_clip.get_pretrained_cfg(name, "openai")
     size = open_clip.get_model_config(name)["vision_cfg"]["image_size"]
