@@ -1,14 +1,15 @@
 """Peak memory and time of one image decode (`map_fns.images.decode_for_models`), each in a fresh process.
 
-    python bench/decode_memory.py [--repo DIR] [--save DIR] [--compare DIR]
+    python bench/decode_memory.py [--min_side N] [--repo DIR] [--save DIR] [--compare DIR]
 
 Big images are where a decode's memory goes: a 9400x9400 RGBA PNG is a few hundred KB on the wire and
-hundreds of MB decoded. For each sample image this runs one decode at the models' size (448) in its own
-process and reports the growth of its resident-set high-water mark (`VmHWM`, reset just before; `ru_maxrss`
-would start at the parent's size, which a child inherits through fork) over what the process held just
-before: the decode's peak. `--repo` imports `map_fns` from another checkout (to measure a version
-before a change: `git archive main | tar -x -C /tmp/before`), `--save` keeps each result as PNG, and
-`--compare` prints how far this run's results are from those saved by another.
+hundreds of MB decoded. For each sample image this runs one decode at the models' size (`--min_side`, default
+the fetch stage's `--resize_min_side`) in its own process and reports the growth of its resident-set
+high-water mark (`VmHWM`, reset just before; `ru_maxrss` would start at the parent's size, which a child
+inherits through fork) over what the process held just before: the decode's peak. `--repo` imports `map_fns`
+from another checkout (to measure a version before a change: `git archive main | tar -x -C /tmp/before`),
+`--save` keeps each result as PNG, and `--compare` prints how far this run's results are from those saved by
+another.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from pathlib import Path
 from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
-MIN_SIDE = 448
 CACHE_VERSION = 1  # bump when a sample changes
 CHILD = """
 import json, sys, time
@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose map_fns to measure")
     parser.add_argument("--save", type=Path, help="folder to save each decoded result in (PNG)")
     parser.add_argument("--compare", type=Path, help="folder of another run's saved results to compare with")
+    parser.add_argument("--min_side", type=int, help="shorter side decoded to (default: FetchConfig's)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "laion-coco-bench-decode")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -110,16 +111,17 @@ def main() -> None:
     save = args.save or Path(tempfile.mkdtemp())
     save.mkdir(parents=True, exist_ok=True)
     cap = FetchConfig().max_image_decoded_bytes
-    print(f"one decode to shorter side {MIN_SIDE}, map_fns from {args.repo}\npeak: resident-set growth during the "
+    min_side = args.min_side or FetchConfig().resize_min_side
+    print(f"one decode to shorter side {min_side}, map_fns from {args.repo}\npeak: resident-set growth during the "
           f"decode; estimate: images.decoded_bytes (this checkout); default cap: {cap} bytes")
     print(f"{'image':32} {'file KiB':>8} {'peak MiB':>8} {'estimate':>8} {'seconds':>8} {'result':>10}  {'cap':8}"
           + ("  vs --compare (max / mean abs diff)" if args.compare else ""))
     for name, path in files.items():
         out = save / f"{path.stem}.png"
-        run = subprocess.run([sys.executable, "-c", CHILD, str(args.repo), str(path), str(warm), str(MIN_SIDE),
+        run = subprocess.run([sys.executable, "-c", CHILD, str(args.repo), str(path), str(warm), str(min_side),
                               str(out)], capture_output=True, text=True, check=True)
         result = json.loads(run.stdout)
-        estimate = decoded_bytes(path.read_bytes(), MIN_SIDE)
+        estimate = decoded_bytes(path.read_bytes(), min_side)
         line = (f"{name:32} {path.stat().st_size / 1024:8.0f} {result['peak_mb']:8.0f} {estimate / 2**20:8.0f} "
                 f"{result['seconds']:8.2f} {'x'.join(map(str, result['size'])):>10}  "
                 f"{'refused' if estimate > cap else 'decoded':8}")

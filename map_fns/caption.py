@@ -75,6 +75,11 @@ class CaptionConfig:
         return candidate_max_lengths(parse_length_schedule(self.length_schedule), self.num_candidates)
 
 
+def pixel_values(image_processor, images: list, device):
+    """BLIP's input for `images`: its own image processor, run on `device` (its torchvision backend)."""
+    return image_processor(images, return_tensors="pt", device=device).pixel_values
+
+
 def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto",
                     model_batch_size: int = 0) -> Callable[[dict], dict]:
     """Load BLIP once; the returned batched function adds `_candidates` (internal) to every ok row, and makes a
@@ -101,7 +106,7 @@ def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto"
                           model_batch_size)
 
     def sample(images: list, row_keys: list[str]) -> list[list[str]]:
-        pixels = processor.image_processor(images, return_tensors="pt", device=device).pixel_values
+        pixels = pixel_values(processor.image_processor, images, device)
         uniforms = torch.stack([sampling.row_uniforms(cfg.seed, key, cfg.num_candidates, num_steps) for key in row_keys])
         ids = sample_candidate_ids(model, pixels.to(device, model.dtype), uniforms, cfg, prompt_ids)
         return [unique_captions(processor.tokenizer, image_ids) for image_ids in ids]

@@ -30,14 +30,16 @@ _JPEG_SCAN = 0xDA  # SOS
 # a palette with transparency), at up to 4 bytes a pixel: 12 MiB.
 _STRIP_PIXELS = 1 << 19
 _STRIP_BYTES = 6 * _STRIP_PIXELS * 4
-# Bilinear (antialiased, as Pillow's downscaling filters all are): the resize is most of a downscaled JPEG's CPU,
-# 1000x750 -> 597x448 ~6.5 ms vs ~10 ms bicubic on a 2-core Xeon, and the model processors resize again (bicubic)
-# anyway. Measured cost: mean difference 0.87/255 from a full-size bicubic, vs 0.39/255 for bicubic here.
-_RESAMPLE = Image.Resampling.BILINEAR
+# Bicubic, the models' own filter (antialiased, as Pillow's downscaling filters all are). Each model's processor
+# resizes again, and the decode is meant to give it what it would make of the full image: measured on big photographs
+# at the default min side (bench/model_inputs.py), bilinear leaves 0.003 mean and 0.12 max (normalised units) against
+# bicubic's 0.002 and 0.045; Lanczos gains under 0.0002 for 20-40% more time.
+_RESAMPLE = Image.Resampling.BICUBIC
 # `resize` first shrinks by a whole factor with `Image.reduce` (a fast box filter), leaving at least this ratio to
-# the resampling filter (`Image.thumbnail`'s default). Downscaling a 3000x2200 PNG to 448 px then takes half the time of
-# filtering every source pixel, at a mean difference of 0.4/255 per channel; 3.0 would not reduce at all there.
-# A JPEG is already within 2x of the target after its DCT-scaled decode, so this only matters for other formats.
+# the resampling filter. At the default min side only images over 5376 px on their shorter side are reduced, and a
+# JPEG never is (its DCT-scaled decode is already within 2x of the target). Reducing keeps the copy a huge PNG is
+# converted into small; it costs little: an 8400x5600 PNG reaches RN50x64 0.0023 (mean) from its processor's input
+# on the full image, against 0.0014 unreduced (3.0 would not reduce it), in the same time.
 _REDUCING_GAP = 2.0
 
 
@@ -62,8 +64,9 @@ def decode_image(data: bytes, max_pixels: int, min_side: int | None = None,
                  max_decoded_bytes: int | None = None) -> Image.Image:
     """Decode `data` to a fully loaded RGB image, upright, first frame only, alpha flattened onto white.
 
-    With `min_side`, an image whose shorter side is longer than that is scaled down (aspect kept) so that its
-    shorter side is exactly `min_side`; smaller images are never scaled up.
+    With `min_side`, an image whose shorter side is longer than that is scaled down (bicubic, aspect kept) so
+    that its shorter side is exactly `min_side`, the longer one rounded down as torchvision's `Resize` does;
+    smaller images are never scaled up.
 
     Raises `ImageDecodeError` for empty, corrupt, truncated or non-image data, for images over `max_pixels`
     or Pillow's global `Image.MAX_IMAGE_PIXELS`, and for images whose decode would hold more than
@@ -78,7 +81,7 @@ def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None,
     """`decode_image`, also giving the source image's upright width and height (the image may be smaller).
 
     A JPEG is decoded straight at a reduced size (libjpeg's DCT scaling, 1/2 to 1/8, never below the target),
-    so a 4000x3000 photo wanted at 448 px is never decoded at full size. Other images are converted to RGB a
+    so a 6000x4000 photo wanted at 1344 px is decoded at 3000x2000. Other images are converted to RGB a
     strip at a time, so that the decoded source is the only full-size image in memory (see `decoded_bytes`).
     Same errors as `decode_image`; `ValueError` for a `min_side` under 1.
     """
@@ -94,8 +97,8 @@ def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None,
         width, height = img.size
         if width * height > limit:
             raise ImageDecodeError(f"decompression bomb: {width}x{height} is over {limit} pixels")
-        img, target = _drafted(img, data, min_side)
-        needed = _bytes_held(img, data, target)
+        img, target, extent = _drafted(img, data, min_side)
+        needed = _bytes_held(img, data, target, extent)
         if max_decoded_bytes is not None and needed > max_decoded_bytes:
             raise ImageDecodeError(f"too large to decode: a {width}x{height} {img.format} needs {needed} bytes, "
                                    f"over the limit of {max_decoded_bytes}")
@@ -107,7 +110,7 @@ def decode_for_models(data: bytes, max_pixels: int, min_side: int | None = None,
             if upright is not None:
                 img = img.transpose(upright)  # before the RGB copy, which is never smaller
             return DecodedImage(_rgb(img, (1, 1)), width, height)
-        small = _downscaled_rgb(img, target)
+        small = _downscaled_rgb(img, target, extent)
         return DecodedImage(small.transpose(upright) if upright is not None else small, width, height)
     except ImageDecodeError:
         raise
@@ -125,23 +128,30 @@ def decoded_bytes(data: bytes, min_side: int | None = None) -> int:
     "P", 4 for RGB), what the format's decoder keeps besides it (a copy of `data` at most, buffers), the strip
     being converted, the RGB image reduced from it by a whole factor, the resize's intermediate and the
     result. Raises what `Image.open` raises for data that is not an image."""
-    img, target = _drafted(Image.open(io.BytesIO(data)), data, min_side)
-    return _bytes_held(img, data, target)
+    img, target, extent = _drafted(Image.open(io.BytesIO(data)), data, min_side)
+    return _bytes_held(img, data, target, extent)
 
 
-def _drafted(img: Image.Image, data: bytes, min_side: int | None) -> tuple[Image.Image, tuple[int, int] | None]:
-    """The opened `img` set to decode at a reduced scale if it is a JPEG (never below the models' size), and the
-    size the result is scaled to (None: kept as it is). Which side is shorter does not depend on the
-    orientation: the target is in the stored orientation."""
+def _drafted(img: Image.Image, data: bytes,
+             min_side: int | None) -> tuple[Image.Image, tuple[int, int] | None, tuple[float, float]]:
+    """The opened `img` set to decode at a reduced scale if it is a JPEG (never below the models' size), the
+    size the result is scaled to (None: kept as it is), and the source's extent in the decoded pixels.
+
+    The extent is the decoded size unless libjpeg scaled by 1/n a side that n does not divide: its last pixel
+    then stands for only part of n source pixels (5 rows at 1/2 decode to 3, the source spanning 2.5), and
+    resizing the whole 3 would stretch the picture by a fraction of a pixel. Which side is shorter does not
+    depend on the orientation: the target is in the stored orientation."""
     target = _scaled_to(*img.size, min_side)
     if target is not None:
-        img.draft("RGB", target)  # JPEG only (a no-op for other formats); sizes stay >= target
+        drafted = img.draft("RGB", target)  # JPEG only (None for other formats); sizes stay >= target
         if img.size[0] < target[0] or img.size[1] < target[1]:  # not expected from Pillow; never upscale
-            img = Image.open(io.BytesIO(data))
-    return img, target
+            img, drafted = Image.open(io.BytesIO(data)), None
+        if drafted is not None:
+            return img, target, drafted[1][2:]
+    return img, target, img.size
 
 
-def _bytes_held(img: Image.Image, data: bytes, target: tuple[int, int] | None) -> int:
+def _bytes_held(img: Image.Image, data: bytes, target: tuple[int, int] | None, extent: tuple[float, float]) -> int:
     """`decoded_bytes` of an opened (and drafted) `img`."""
     width, height = img.size
     source = len(data) + width * height * (_STORED_BYTES.get(img.mode, 4) + _DECODER_BYTES.get(img.format, 0))
@@ -149,10 +159,12 @@ def _bytes_held(img: Image.Image, data: bytes, target: tuple[int, int] | None) -
         source += _jpeg_coefficient_bytes(data)
     if target is None or img.size == target:
         return source + _STRIP_BYTES + width * height * _RGB_BYTES
-    fx, fy = _reducing_factors(img.size, target)
+    fx, fy = _reducing_factors(extent, target)
     reduced_width, reduced_height = -(-width // fx), -(-height // fy)
-    # The resize filters rows first, into an image of the target's width and the reduced image's height.
-    pixels = reduced_width * reduced_height + target[0] * reduced_height + target[0] * target[1]
+    # The resize filters rows first, into an image of the target's width and the reduced image's height; an RGB
+    # image is resized as it is when no whole factor reduces it, anything else goes through a converted copy.
+    copied = not _is_plain_rgb(img) or (fx, fy) != (1, 1)
+    pixels = (reduced_width * reduced_height if copied else 0) + target[0] * reduced_height + target[0] * target[1]
     return source + _STRIP_BYTES + pixels * _RGB_BYTES
 
 
@@ -189,28 +201,41 @@ def _jpeg_coefficient_bytes(data: bytes) -> int:
 
 
 def _scaled_to(width: int, height: int, min_side: int | None) -> tuple[int, int] | None:
-    """(w, h) with the shorter side `min_side` and the aspect kept, or None to keep the image as it is."""
+    """(w, h) with the shorter side `min_side` and the longer one by torchvision's `Resize` rule (rounded down),
+    or None to keep the image as it is.
+
+    A model that resizes the shorter side to m, m dividing `min_side` (k = min_side / m), then gets the longer
+    side it would get from the source: floor(floor(k * x) / k) = floor(x) for x = m * longer / shorter. Rounded
+    to nearest instead, it may get one pixel more, so a slightly different scale and crop: a picture up to half a
+    pixel off.
+    """
     shorter = min(width, height)
     if min_side is None or shorter <= min_side:
         return None
     if width <= height:
-        return min_side, max(min_side, round(height * min_side / width))
-    return max(min_side, round(width * min_side / height)), min_side
+        return min_side, height * min_side // width
+    return width * min_side // height, min_side
 
 
-def _reducing_factors(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
-    """The whole factors `Image.resize(target, reducing_gap=_REDUCING_GAP)` first box-reduces `size` by."""
-    return int(size[0] / target[0] / _REDUCING_GAP) or 1, int(size[1] / target[1] / _REDUCING_GAP) or 1
+def _reducing_factors(extent: tuple[float, float], target: tuple[int, int]) -> tuple[int, int]:
+    """The whole factors `Image.resize(target, box=(0, 0, *extent), reducing_gap=_REDUCING_GAP)` first
+    box-reduces by."""
+    return int(extent[0] / target[0] / _REDUCING_GAP) or 1, int(extent[1] / target[1] / _REDUCING_GAP) or 1
 
 
-def _downscaled_rgb(img: Image.Image, target: tuple[int, int]) -> Image.Image:
-    """`img` as RGB at `target`: the same pixels as converting it whole, then `resize(target, _RESAMPLE,
-    reducing_gap=_REDUCING_GAP)`, without a full-size RGB copy (each strip is converted, then reduced)."""
-    if img.mode == "RGB" and "transparency" not in img.info:  # nothing to convert: Pillow reduces it itself
-        return img.resize(target, _RESAMPLE, reducing_gap=_REDUCING_GAP)
-    fx, fy = _reducing_factors(img.size, target)
+def _downscaled_rgb(img: Image.Image, target: tuple[int, int], extent: tuple[float, float]) -> Image.Image:
+    """`img`'s `extent` as RGB at `target`: the same pixels as converting `img` whole, then `resize(target,
+    _RESAMPLE, box=(0, 0, *extent), reducing_gap=_REDUCING_GAP)`, without a full-size RGB copy (each strip is
+    converted, then reduced)."""
+    if _is_plain_rgb(img):  # nothing to convert: Pillow reduces it itself
+        return img.resize(target, _RESAMPLE, box=(0, 0, *extent), reducing_gap=_REDUCING_GAP)
+    fx, fy = _reducing_factors(extent, target)
     reduced = _rgb(img, (fx, fy))
-    return reduced.resize(target, _RESAMPLE, box=(0, 0, img.width / fx, img.height / fy))
+    return reduced.resize(target, _RESAMPLE, box=(0, 0, extent[0] / fx, extent[1] / fy))
+
+
+def _is_plain_rgb(img: Image.Image) -> bool:
+    return img.mode == "RGB" and "transparency" not in img.info
 
 
 def _rgb(img: Image.Image, factors: tuple[int, int]) -> Image.Image:

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 from PIL.JpegImagePlugin import JpegImageFile
 
+from map_fns.fetch import FetchConfig
 from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, decode_image, decoded_bytes, one_line
 
 LIMIT = 89_478_485
@@ -129,9 +130,10 @@ def jpeg(img: Image.Image, **kwargs) -> bytes:
 
 
 def expected_size(width: int, height: int, min_side: int) -> tuple[int, int]:
-    """Shorter side `min_side`, aspect kept, computed independently of the code under test."""
-    scale = min_side / min(width, height)
-    return (min_side, round(height * scale)) if width <= height else (round(width * scale), min_side)
+    """Shorter side `min_side`, the longer one as torchvision's `Resize(min_side)` sizes it (`int` of the float)."""
+    if width <= height:
+        return min_side, int(min_side * height / width)
+    return int(min_side * width / height), min_side
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +245,7 @@ def test_one_line():
 
 MiB = 2**20
 DEFAULT_CAP = 256 * MiB  # FetchConfig's --max_image_decoded_bytes
+DEFAULT_MIN_SIDE = FetchConfig().resize_min_side
 
 
 def naive_rgb(data: bytes, min_side: int | None) -> Image.Image:
@@ -257,7 +260,7 @@ def naive_rgb(data: bytes, min_side: int | None) -> Image.Image:
     img = img.convert("RGB")
     if min_side is None or min(img.size) <= min_side:
         return img
-    return img.resize(expected_size(*img.size, min_side), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    return img.resize(expected_size(*img.size, min_side), Image.Resampling.BICUBIC, reducing_gap=2.0)
 
 
 def noise(mode: str, size: tuple[int, int]) -> Image.Image:
@@ -290,7 +293,7 @@ def noisy_png(kind: str) -> bytes:
     return NOISY_PNGS[kind]((2341, 1901))
 
 
-@pytest.mark.parametrize("min_side", [448, None])
+@pytest.mark.parametrize("min_side", [448, DEFAULT_MIN_SIDE, None])
 @pytest.mark.parametrize("kind", NOISY_PNGS)
 def test_the_decode_gives_the_pixels_of_the_straightforward_decode(kind, min_side):
     data = noisy_png(kind)
@@ -310,9 +313,11 @@ def test_every_exif_orientation_comes_out_upright(orientation):
     assert full.image.tobytes() == naive_rgb(data, None).tobytes()  # exif_transpose decides what upright is
     small = decode_for_models(data, LIMIT, 448)
     assert (small.width, small.height) == (full.width, full.height) == full.image.size
-    # Downscaled, then turned (not turned, then downscaled): the two filter passes round in the other order.
+    # Downscaled, then turned (not turned, then downscaled): the two filter passes round, and clip bicubic's
+    # overshoot, in the other order. On noise, where every pixel is an edge, 2% of the values move by more than one
+    # level; a picture turned the wrong way would be off by about 80 on average.
     diff = np.abs(np.asarray(small.image, dtype=int) - np.asarray(naive_rgb(data, 448), dtype=int))
-    assert diff.max() <= 1 and diff.mean() < 0.25
+    assert diff.mean() < 0.3 and (diff > 1).mean() < 0.03
 
 
 def test_a_decode_over_the_memory_cap_is_refused_from_the_header(png_claiming):
@@ -389,7 +394,7 @@ MEMORY_CASES = {  # name -> (image, its format and save options)
 }
 
 
-@pytest.mark.parametrize("min_side", [448, 0])
+@pytest.mark.parametrize("min_side", [448, DEFAULT_MIN_SIDE, 0])
 @pytest.mark.parametrize("kind", MEMORY_CASES)
 def test_a_decode_holds_no_more_memory_than_its_estimate(tmp_path, kind, min_side):
     """The cap is only a bound if the estimate is: measure the peak resident memory of one decode (after one
