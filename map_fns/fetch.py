@@ -44,9 +44,9 @@ class FetchConfig:
         metadata={"help": "Images with more pixels (read from the header) are a decode error."},
     )
     max_image_decoded_bytes: int = field(
-        # Decodes RGB(A) PNGs up to ~62 Mpx (7800x7800; 4.3 bytes a pixel), greyscale and palette ones up to the
-        # pixel cap, baseline JPEGs of any size under it (decoded at 1/8 scale: a few MB), progressive 4:2:0 ones up
-        # to ~85 Mpx (3 bytes a pixel of coefficients) and WebPs up to ~13 Mpx (19 bytes a pixel).
+        # At the default --resize_min_side: RGB PNGs up to ~38 Mpx and RGBA ones up to ~27 Mpx (4:3; 46 Mpx
+        # square), greyscale and palette ones up to the pixel cap, baseline JPEGs of any size under it (decoded at a
+        # reduced DCT scale), progressive ones up to ~72 Mpx (coefficients) and WebPs up to ~13 Mpx (19 bytes a pixel).
         default=256 * 2**20,
         metadata={"help": "Images whose decode would need more memory, in bytes (pixels after JPEG scaling, the "
                           "decoder's buffers, RGB copies; estimated from the header), are a decode error."},
