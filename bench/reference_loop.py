@@ -47,7 +47,8 @@ class ReferenceLoop:
     @torch.inference_mode()
     def run(self, image, row_key: str) -> dict:
         """Candidates, ranked shortlist with both rankers' similarities, and the chosen and repaired caption."""
-        candidates = unique_captions(self.processor.tokenizer, self.sample(image, row_key))
+        candidates = unique_captions(self.processor.tokenizer, self.sample(image, row_key), self.prompt_ids,
+                                     self.cfg.caption_prompt)
         if not candidates:
             return {"candidates": []}
         scores = _similarities_one_by_one(self.ranker, image, candidates)

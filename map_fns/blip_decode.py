@@ -102,7 +102,19 @@ def sample_candidate_ids(model, pixel_values: torch.Tensor, uniforms: torch.Tens
     return [generated[i * num_candidates : (i + 1) * num_candidates] for i in range(num_images)]
 
 
-def unique_captions(tokenizer, candidate_ids: list[list[int]]) -> list[str]:
-    """Decoded candidates in sampling order, exact duplicates and empty strings dropped."""
-    texts = (text.strip() for text in tokenizer.batch_decode(candidate_ids, skip_special_tokens=True))
-    return list(dict.fromkeys(text for text in texts if text))
+# The reference ran transformers 4.15 (BLIP's requirements), whose `decode` cleaned up tokenization spaces by
+# default ("a man ' s hat" -> "a man's hat"); transformers 5 leaves that to the tokenizer's config, which BLIP's lacks.
+CLEAN_UP_SPACES = True
+
+
+def unique_captions(tokenizer, candidate_ids: list[list[int]], prompt_ids: list[int], prompt: str) -> list[str]:
+    """Decoded candidates in sampling order, exact duplicates and empty strings dropped.
+
+    As the reference's `sample` did: each candidate is decoded after its prompt and the prompt's length in
+    characters is cut off, so a first word piece that continues the prompt's last word ("of" + "##s") loses as
+    many characters as the prompt has beyond the decoded text.
+    """
+    texts = tokenizer.batch_decode([prompt_ids + ids for ids in candidate_ids], skip_special_tokens=True,
+                                   clean_up_tokenization_spaces=CLEAN_UP_SPACES)
+    captions = (text[len(prompt):].strip() for text in texts)
+    return list(dict.fromkeys(caption for caption in captions if caption))

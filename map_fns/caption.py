@@ -109,7 +109,7 @@ def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto"
         pixels = pixel_values(processor.image_processor, images, device)
         uniforms = torch.stack([sampling.row_uniforms(cfg.seed, key, cfg.num_candidates, num_steps) for key in row_keys])
         ids = sample_candidate_ids(model, pixels.to(device, model.dtype), uniforms, cfg, prompt_ids)
-        return [unique_captions(processor.tokenizer, image_ids) for image_ids in ids]
+        return [unique_captions(processor.tokenizer, image_ids, prompt_ids, cfg.caption_prompt) for image_ids in ids]
 
     def caption(rows: dict[str, list]) -> dict[str, list]:
         found = batcher.map(list(range(len(rows["status"]))),

@@ -121,9 +121,25 @@ def test_greedy_settings_reproduce_transformers_generate_token_for_token(blip, t
 
 
 def test_unique_captions_drops_duplicates_and_empties_keeping_order(blip):
-    tok = blip[1].tokenizer
+    model, processor = blip
+    tok, text = processor.tokenizer, model.config.text_config
+    prompt = "a picture of "
+    prompt_ids = prompt_token_ids(tok, prompt, text.bos_token_id, text.sep_token_id)
     a, b = tok("a dog").input_ids[1:-1], tok("a cat").input_ids[1:-1]
-    assert unique_captions(tok, [a, [], b, a, b]) == ["a dog", "a cat"]
+    assert unique_captions(tok, [a, [], b, a, b], prompt_ids, prompt) == ["a dog", "a cat"]
+
+
+def test_a_first_word_piece_is_cut_as_the_reference_cut_it(blip):
+    """The reference decoded prompt and candidate together and cut the prompt's length in characters: a first
+    piece continuing "of" ("of" + "##xyz" -> "ofxyz") loses its first character (the prompt's trailing space)."""
+    model, processor = blip
+    tok, text = processor.tokenizer, model.config.text_config
+    prompt = "a picture of "
+    prompt_ids = prompt_token_ids(tok, prompt, text.bos_token_id, text.sep_token_id)
+    piece = next(token for token in sorted(tok.get_vocab()) if token.startswith("##") and len(token) >= 5)
+    dog = tok("dog").input_ids[1:-1]
+    assert unique_captions(tok, [tok.convert_tokens_to_ids([piece]) + dog], prompt_ids, prompt) == [
+        f"{piece[3:]} dog"]
 
 
 def test_rows_not_ok_pass_through_untouched(caption_fn):

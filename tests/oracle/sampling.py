@@ -161,11 +161,12 @@ def _step(logits, sequences, step, uniforms, max_lengths, recipe, eos, events) -
 
 
 def _unique_captions(tokenizer, sequences: list[list[int]], prompt: str, events: Counter) -> list[str]:
-    """`sample`'s output: each sequence decoded whole, the prompt's length in characters cut off, first of each
-    text kept (an empty caption included, as the reference kept it)."""
+    """`sample`'s output: each sequence decoded whole (transformers 4.15's `decode`, which cleaned up tokenization
+    spaces by default), the prompt's length in characters cut off, first of each text kept (an empty caption
+    included, as the reference kept it)."""
     captions: list[str] = []
     for ids in sequences:
-        caption = tokenizer.decode(ids, skip_special_tokens=True)[len(prompt):]
+        caption = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=True)[len(prompt):]
         if caption in captions:
             events[DUPLICATE] += 1
         else:
