@@ -2,9 +2,10 @@
 
 Precision changes captions: sampling turns small logit differences into different tokens, and one different
 token makes a different candidate (bench/precision.py measures how often). So `auto`, the default, runs each
-model as LAION did on GPUs: BLIP and T5 in fp32 (matmuls in full fp32, no TF32), CLIP in fp16 (what
-`clip.load` gives on a GPU; open_clip's fp16 keeps LayerNorms in fp32, as OpenAI's CLIP ran). CPUs run fp32.
-`bf16` / `fp16` put every model in half precision: faster and lighter on a GPU, but not the recipe's numbers.
+model as LAION did on GPUs: BLIP and T5 in fp32 with TF32 matmuls (the reference pinned torch 1.11, which
+allowed TF32 by default on Ampere and newer GPUs; 1.12 turned it off), CLIP in fp16 (what `clip.load` gives on a
+GPU; open_clip's fp16 keeps LayerNorms in fp32, as OpenAI's CLIP ran). CPUs run fp32. `fp32` is strict fp32 (no
+TF32 anywhere); `bf16` / `fp16` put every model in half precision: faster and lighter, not the recipe's numbers.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def resolve_dtype(precision: str, device: str | torch.device, model_kind: str) -
         on_gpu = torch.device(device).type == "cuda"
         return torch.float16 if on_gpu and model_kind == "open_clip" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def set_tf32(precision: str) -> None:
+    """Whether fp32 matmuls and convolutions may use TF32 on GPUs (no effect on CPUs): `auto` yes (torch 1.11's
+    defaults, what the reference ran), `fp32` never; half precisions keep torch's defaults. Process-wide, as torch
+    has it: every model stage's loader (`map_fns.stage.engine_loader`) sets it from the same flag."""
+    import torch
+
+    check_precision(precision)
+    if precision in ("auto", "fp32"):
+        torch.backends.cuda.matmul.allow_tf32 = precision == "auto"
+        torch.backends.cudnn.allow_tf32 = precision == "auto"
 
 
 def open_clip_precision(dtype: torch.dtype) -> str:

@@ -77,8 +77,12 @@ class Stage:
 
 
 def engine_loader(make: Callable[..., MapFn]) -> Callable[[Any, StageContext], MapFn]:
-    """The loader of a model stage whose factory is `make(config, device, *, precision, model_batch_size)`."""
+    """The loader of a model stage whose factory is `make(config, device, *, precision, model_batch_size)`; it also
+    sets whether fp32 models may use TF32 on GPUs, which torch keeps process-wide (`map_fns.precision.set_tf32`)."""
     def load(config, context: StageContext) -> MapFn:
+        from map_fns.precision import set_tf32
+
+        set_tf32(context.precision)
         return make(config, context.device, precision=context.precision, model_batch_size=context.model_batch_size)
 
     return load

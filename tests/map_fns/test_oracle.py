@@ -24,9 +24,11 @@ from builder.tiny_models import build_peaked_captioner
 from map_fns.blip_decode import load_captioner, prompt_token_ids, sample_candidate_ids
 from map_fns.caption import CaptionConfig, make_caption_fn
 from map_fns.rank import RankConfig, make_rank_fn
+from map_fns.precision import set_tf32
 from map_fns.rerank import RerankConfig, make_rerank_fn
 from map_fns.sampling import row_uniforms
 from map_fns.status import NO_CAPTION, OK
+from tests.devices import DEVICES
 from tests.oracle import sampling as oracle
 from tests.oracle.ranking import ReferenceClip, choose
 
@@ -54,13 +56,13 @@ def _oracle_samples(captioner: str, photos, recipe: oracle.Recipe) -> list[oracl
             for key, image_pixels in zip(photos[0], pixels)]
 
 
-def _product_token_ids(cfg: CaptionConfig, photos) -> list[list[list[int]]]:
+def _product_token_ids(cfg: CaptionConfig, photos, device: str = "cpu") -> list[list[list[int]]]:
     """The caption stage's decode loop on every photograph at once: token ids per image and candidate."""
     keys, images = photos
-    model, processor = load_captioner(cfg.captioner, torch.device("cpu"))
+    model, processor = load_captioner(cfg.captioner, torch.device(device))
     text = model.config.text_config
     prompt = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text.bos_token_id, text.sep_token_id)
-    pixels = processor.image_processor(images, return_tensors="pt").pixel_values
+    pixels = processor.image_processor(images, return_tensors="pt").pixel_values.to(device)
     uniforms = torch.stack([row_uniforms(cfg.seed, key, cfg.num_candidates, max(cfg.max_lengths)) for key in keys])
     return sample_candidate_ids(model, pixels, uniforms, cfg, prompt)
 
@@ -99,10 +101,12 @@ def test_the_peaked_captioner_meets_every_rule_of_the_loop(reference):
     assert sum(count > 5 for count in unique) >= 3, unique  # the shortlist really cuts
 
 
-def test_product_samples_the_reference_loops_tokens(peaked, photos, reference):
+@pytest.mark.parametrize("device", DEVICES)
+def test_product_samples_the_reference_loops_tokens(peaked, photos, reference, device):
     """Candidate by candidate, the same generated tokens (the rules: penalty, top-k, top-p, EOS blocking, the
-    early stop, lengths)."""
-    product = _product_token_ids(CaptionConfig(captioner=peaked, seed=SEED), photos)
+    early stop, lengths). On a GPU in strict fp32 (`--precision fp32`: no TF32) against the oracle on the CPU."""
+    set_tf32("fp32")
+    product = _product_token_ids(CaptionConfig(captioner=peaked, seed=SEED), photos, device)
     for key, ours, expected in zip(photos[0], product, reference):
         assert ours == expected.generated, key
 
@@ -141,3 +145,21 @@ def test_product_ranks_and_chooses_as_the_reference(product, photos, tiny_models
         np.testing.assert_allclose(product["all_similarities"][i], expected.similarities, rtol=0, atol=1e-6)
         np.testing.assert_allclose(product["rerank_similarities"][i], expected.rerank_similarities, rtol=0, atol=1e-6)
         assert product["top_caption_raw"][i] == expected.chosen, photos[0][i]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_rows_candidates_do_not_depend_on_its_batch(peaked, photos, device):
+    """On the peaked captioner, whose candidates follow the image: a photograph sampled alone, and in a reversed
+    batch of all of them, gets the same candidates, at the default precision of the device (on a GPU: TF32
+    matmuls, whose kernels may differ by batch shape)."""
+    keys, images = photos
+    caption = make_caption_fn(CaptionConfig(captioner=peaked, seed=SEED), device)
+
+    def candidates(indices: list[int]) -> list:
+        batch = {"_image": [images[i] for i in indices], "_row_key": [keys[i] for i in indices],
+                 "status": [OK] * len(indices), "error": [None] * len(indices)}
+        return caption(batch)["_candidates"]
+
+    together = candidates(list(range(len(keys)))[::-1])[::-1]
+    assert [candidates([i])[0] for i in range(0, len(keys), 5)] == together[::5]
+    assert len(set(map(tuple, together))) > len(keys) // 2  # the images really steer the candidates

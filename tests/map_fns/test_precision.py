@@ -85,3 +85,19 @@ def test_auto_loads_the_real_models_in_their_precision(tiny_models, device):
     assert scorer.similarities([Image.new("RGB", (40, 30), "red")], [["a red square"]])[0][0] == pytest.approx(
         ClipScorer(tiny_models.ranker, "cpu").similarities([Image.new("RGB", (40, 30), "red")],
                                                            [["a red square"]])[0][0], abs=2e-2)
+
+
+@pytest.mark.parametrize(("precision", "tf32"), [("auto", True), ("fp32", False)])
+def test_a_model_stage_loader_sets_tf32_for_the_precision(precision, tf32):
+    """`auto` lets fp32 matmuls and convolutions use TF32 on GPUs, as torch 1.11 (the reference's) did; `fp32`
+    forbids it. Set by the loader every run and benchmark loads the stages with."""
+    from map_fns.rerank import STAGE, RerankConfig
+    from map_fns.stage import StageContext
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+    try:
+        STAGE.load(RerankConfig(reranker="none"), StageContext("cpu", precision))
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
