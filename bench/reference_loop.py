@@ -1,9 +1,10 @@
 """LAION-COCO's captioning loop, re-implemented plainly: one image at a time, every caption scored alone.
 
-Two uses: the baseline `bench/recipe.py` measures the fast stages against, and the oracle the tests hold
-them to (same candidates, same chosen caption for the same seed: speed never changes results). It shares
-only the recipe's rules with the fast path (`sampling.next_tokens`, the per-row uniforms, top-k and argmax
-choice); the model calls are the straightforward ones: transformers' own `text_decoder` with its cache and the
+Two uses: the baseline `bench/recipe.py` measures the fast stages against, and the one the tests hold their
+batching and caching to (same candidates, same chosen caption for the same seed: speed never changes results).
+It shares the recipe's rules with the fast path (`sampling.next_tokens`, the per-row uniforms, top-k and argmax
+choice, the caption decoding), so it cannot catch a departure from the recipe: the rules are tested against
+`tests/oracle/`, an independent transcription of LAION's code. The model calls are the straightforward ones: transformers' own `text_decoder` with its cache and the
 image's encoder states repeated per candidate, open_clip's `encode_image` / `encode_text` at the full 77
 tokens with batch 1, one `generate` per repaired caption. Everything in fp32.
 """
