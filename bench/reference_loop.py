@@ -4,9 +4,10 @@ Two uses: the baseline `bench/recipe.py` measures the fast stages against, and t
 batching and caching to (same candidates, same chosen caption for the same seed: speed never changes results).
 It shares the recipe's rules with the fast path (`sampling.next_tokens`, the per-row uniforms, top-k and argmax
 choice, the caption decoding), so it cannot catch a departure from the recipe: the rules are tested against
-`tests/oracle/`, an independent transcription of LAION's code. The model calls are the straightforward ones: transformers' own `text_decoder` with its cache and the
-image's encoder states repeated per candidate, open_clip's `encode_image` / `encode_text` at the full 77
-tokens with batch 1, one `generate` per repaired caption. Everything in fp32.
+`tests/oracle/`, an independent transcription of LAION's code. The model calls are the straightforward ones:
+transformers' own `text_decoder` with its cache and the image's encoder states repeated per candidate,
+open_clip's `encode_image` / `encode_text` at the full 77 tokens with batch 1, one `generate` per repaired
+caption. Everything in fp32.
 """
 
 from __future__ import annotations
