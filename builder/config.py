@@ -71,9 +71,10 @@ class RunConfig:
                           "halved and retried on out-of-memory."},
     )
     precision: str = field(default="auto", metadata={"help": f"{' | '.join(PRECISIONS)}: auto runs each model as "
-                                                              "LAION did (on GPUs BLIP and T5 fp32, CLIP fp16; fp32 on "
-                                                              "CPUs); bf16/fp16 put every model in half precision, "
-                                                              "which changes captions."})
+                                                              "LAION did (on GPUs BLIP and T5 fp32 with TF32 matmuls, "
+                                                              "CLIP fp16; fp32 on CPUs); fp32 is strict; bf16/fp16 "
+                                                              "put every model in half precision, which changes "
+                                                              "captions."})
     rows_per_chunk: int = field(
         default=10_000, metadata={"help": "Rows per output parquet file, rounded up to whole batches."}
     )
