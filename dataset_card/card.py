@@ -58,10 +58,12 @@ def _environment() -> jinja2.Environment:
 
 
 def recipe(config: dict) -> dict:
-    """The settings that shape the captions (the registry's recipe stages), beyond the models and the seed."""
+    """The settings that shape the captions (the registry's recipe stages), beyond the models and the seed, and
+    the two engine settings that do too: the models' number formats and the size images are decoded at."""
     values = {key: value for stage in STAGES if stage.recipe
               for key, value in config[stage.name].items() if key not in (stage.model, "seed")}
     values["precision"] = config["run"]["precision"]
+    values["resize_min_side"] = config["fetch"]["resize_min_side"]
     return {key: repr(value) if isinstance(value, str) else value for key, value in values.items()}
 
 

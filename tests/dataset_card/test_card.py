@@ -121,6 +121,8 @@ def test_method_names_models_recipe_seed_and_the_full_config(card, built):
                       ("second ranker", ("rerank", "reranker")), ("repairer", ("repair", "repairer"))):
         assert f"| {role} | `{built.config[key[0]][key[1]]}` | — | not recorded |" in method  # local tiny models
     assert "| `top_p` | `0.2427084604681384` |" in method and "| `caption_prompt` | `'a picture of '` |" in method
+    assert f"| `resize_min_side` | `{built.config['fetch']['resize_min_side']}` |" in method  # shapes model inputs
+    assert f"| `precision` | `{built.config['run']['precision']!r}` |" in method
     assert f"the seed (`{built.config['caption']['seed']}`)" in method
     block = section(card, "Configuration").split("```yaml\n", 1)[1].split("\n```", 1)[0]
     assert yaml.safe_load(block) == built.config
