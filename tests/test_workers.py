@@ -52,13 +52,17 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-def _flags(source: Path, output: str, cache_dir: Path, *extra: str) -> list[str]:
-    """A worker's command line. Fewer candidates and shorter repairs than the recipe's halve a worker's run
-    (the tiny T5 never ends a repair early): the tasks, not the recipe, are what these tests are about."""
-    return ["build.py", "--preset", "tiny", "--cache_dir", str(cache_dir), "--source", str(source),
+# The recipe's cost per row, or a quarter of it (8 candidates, 8-token repairs: the tiny T5 never ends a repair
+# early), which halves a worker's run. The test that kills three times needs workers slow enough that every kill
+# lands before the run ends; the others test tasks, not the recipe, and take the fast pace.
+PACE = {"one row group": (), "row groups": ("--num_candidates", "8", "--repair_max_new_tokens", "8")}
+
+
+def _flags(sources: dict[str, Path], layout: str, output: str, cache_dir: Path, *extra: str) -> list[str]:
+    """A worker's command line on the layout's source, at its pace."""
+    return ["build.py", "--preset", "tiny", "--cache_dir", str(cache_dir), "--source", str(sources[layout]),
             "--output_dir", output, "--batch_size", "8", "--rows_per_chunk", str(ROWS_PER_CHUNK),
-            "--rows_per_task", str(ROWS_PER_TASK), "--lease_seconds", str(LEASE), "--num_candidates", "8",
-            "--repair_max_new_tokens", "8", *extra]
+            "--rows_per_task", str(ROWS_PER_TASK), "--lease_seconds", str(LEASE), *PACE[layout], *extra]
 
 
 def worker(*flags: str) -> list[str]:
@@ -136,7 +140,7 @@ def clean_runs(sources, tmp_path_factory, tiny_models):
     def clean(layout: str) -> dict[str, list[dict]]:
         if layout not in made:
             output = tmp_path_factory.mktemp("clean")
-            run(worker(*_flags(sources[layout], str(output), Path(tiny_models.captioner).parents[1])))
+            run(worker(*_flags(sources, layout, str(output), Path(tiny_models.captioner).parents[1])))
             made[layout] = files_and_rows(output)
             assert sum(map(len, made[layout].values())) == ROWS
         return made[layout]
@@ -168,7 +172,7 @@ def test_three_workers_killed_then_two_then_one_equal_one_clean_worker(sources, 
     """Three workers, two SIGKILLed at random moments and the third stopped; the run continued by two workers
     (`accelerate launch`), SIGKILLed together; finished by one. Tasks are cut inside the source's one row group."""
     layout, cache_dir, output = "one row group", Path(tiny_models.captioner).parents[1], tmp_path / "out"
-    flags = _flags(sources[layout], str(output), cache_dir)
+    flags = _flags(sources, layout, str(output), cache_dir)
     rng = random.Random(0)
     three = [start(worker(*flags)) for _ in range(3)]
     for victim, threshold in ((three[0], ROWS_PER_CHUNK), (three[1], 3 * ROWS_PER_CHUNK)):
@@ -197,7 +201,7 @@ def test_three_workers_killed_then_two_then_one_equal_one_clean_worker(sources, 
 def test_a_dead_workers_task_is_taken_over_without_a_relaunch_and_finishing_runs_once(sources, tmp_path, tiny_models,
                                                                                      clean_runs):
     layout, cache_dir, output = "row groups", Path(tiny_models.captioner).parents[1], tmp_path / "out"
-    flags = _flags(sources[layout], str(output), cache_dir)
+    flags = _flags(sources, layout, str(output), cache_dir)
     victim, survivor = start(worker(*flags)), start(worker(*flags))
 
     def victim_holds_a_started_task() -> bool:
@@ -231,7 +235,7 @@ def test_two_workers_on_one_task_still_leave_an_exact_output(sources, tmp_path, 
     """A worker that stalls past its lease (SIGSTOP) finds, when it comes back (SIGCONT), its task taken over by
     another; both finish it, writing the same chunks under the same names."""
     layout, cache_dir, output = "row groups", Path(tiny_models.captioner).parents[1], tmp_path / "out"
-    flags = _flags(sources[layout], str(output), cache_dir)
+    flags = _flags(sources, layout, str(output), cache_dir)
     first = start(worker(*flags))
     started = []
 
@@ -274,7 +278,7 @@ def test_an_output_on_s3_equals_a_local_one_and_reads_back(sources, tmp_path, ti
     import fsspec
 
     layout, cache_dir, url = "row groups", Path(tiny_models.captioner).parents[1], f"{s3_bucket.url}/run"
-    flags = _flags(sources[layout], url, cache_dir)
+    flags = _flags(sources, layout, url, cache_dir)
     fs = fsspec.filesystem("s3", **s3_bucket.storage_options)
 
     def task_rows_on_s3(name: str) -> int:
