@@ -49,13 +49,14 @@ def sample_photographs(variants: int) -> tuple[list, list[str]]:
     import pyarrow.parquet as pq
     from PIL import Image
 
+    from builder.source import bundled_sample
     from map_fns.fetch import FetchConfig
     from map_fns.images import decode_image
 
     cfg = FetchConfig()
     transforms = [None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.ROTATE_90, Image.Transpose.FLIP_TOP_BOTTOM]
     images, keys = [], []
-    cells = pq.read_table(REPO / "builder" / "sample" / "sample.parquet", columns=["image"])["image"].to_pylist()
+    cells = pq.read_table(bundled_sample(), columns=["image"])["image"].to_pylist()
     for i, cell in enumerate(cells):
         photo = decode_image(cell["bytes"], cfg.max_image_pixels, cfg.resize_min_side or None)
         for v, transform in enumerate(transforms[:variants]):

@@ -102,9 +102,7 @@ class ReferenceLoop:
             return caption
         cfg = self.repair_cfg
         inputs = self.repair_tokenizer([cfg.repair_prefix + caption], return_tensors="pt").to(self.device)
-        out = self.repairer.generate(**inputs, num_beams=cfg.repair_num_beams, max_new_tokens=cfg.repair_max_new_tokens,
-                                     repetition_penalty=cfg.repair_repetition_penalty,
-                                     early_stopping=cfg.repair_early_stopping, do_sample=False)
+        out = self.repairer.generate(**inputs, **cfg.generate_kwargs())
         text = self.repair_tokenizer.decode(out[0], skip_special_tokens=True,
                                             clean_up_tokenization_spaces=cfg.repair_clean_up_spaces)
         return text.strip() or caption
