@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from map_fns.captioners import AUTO_PROMPT
 from map_fns.flags import above, at_least, in_range
 from map_fns.stage import ROW_KEY, Column, Stage, engine_loader, on_ok_rows
 from map_fns.status import NO_CAPTION, OK
@@ -45,7 +46,10 @@ class CaptionConfig:
     """The captioner and its sampling recipe; defaults are LAION-COCO's (lengths count generated tokens)."""
 
     captioner: str = field(default=DEFAULT_CAPTIONER, metadata={"help": "BLIP caption model: Hub id or local dir."})
-    caption_prompt: str = field(default="a picture of ", metadata={"help": "Decoder prompt, stripped from outputs."})
+    caption_prompt: str = field(
+        default=AUTO_PROMPT,
+        metadata={"help": "Prompt (a user message for chat models), never part of the caption; auto: the family's own."},
+    )
     num_candidates: int = field(default=40, metadata={"help": "Captions sampled per image."})
     length_schedule: str = field(
         default="8:20,16:30,16:45",
