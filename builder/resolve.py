@@ -32,7 +32,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status, validate_repo_id
 
 from builder.config import BuildConfig, ConfigError
-from map_fns import repair, rerank
+from map_fns import captioners, repair, rerank
 from map_fns.clip_score import parse_clip_spec
 from map_fns.images import one_line
 
@@ -198,12 +198,15 @@ def _find_transformers(spec: str, hub: Hub) -> dict:
     return config
 
 
-def _match_blip_captioner(spec: str, config: dict, hub: Hub) -> None:
-    """BlipForConditionalGeneration needs a BLIP checkpoint with the captioning head (not BLIP's VQA or ITM)."""
-    if config.get("model_type") != "blip":
-        raise _Problem(f"is a {config.get('model_type', 'untyped')} model, not BLIP (BlipForConditionalGeneration)")
+def _match_captioner(spec: str, config: dict, hub: Hub) -> None:
+    """A checkpoint of a supported family (`map_fns.captioners`); for BLIP, the captioning head (not BLIP's VQA or
+    ITM, which share its model_type)."""
+    try:
+        family = captioners.family_of(config.get("model_type"))
+    except ValueError as err:
+        raise _Problem(str(err)) from None
     architectures = config.get("architectures") or ["BlipForConditionalGeneration"]
-    if "BlipForConditionalGeneration" not in architectures:
+    if family is captioners.BLIP and "BlipForConditionalGeneration" not in architectures:
         raise _Problem(f"is a {architectures[0]} checkpoint, not a BLIP captioner (BlipForConditionalGeneration)")
 
 
@@ -279,7 +282,7 @@ class ModelFlag:
 
 def model_flags(cfg: BuildConfig) -> list[ModelFlag]:
     """Every model the run loads."""
-    flags = [ModelFlag("captioner", cfg.caption.captioner, _find_transformers, _match_blip_captioner),
+    flags = [ModelFlag("captioner", cfg.caption.captioner, _find_transformers, _match_captioner),
              ModelFlag("ranker", cfg.rank.ranker, _find_open_clip, _match_open_clip)]
     if cfg.rerank.reranker != rerank.NONE:
         flags.append(ModelFlag("reranker", cfg.rerank.reranker, _find_open_clip, _match_open_clip))

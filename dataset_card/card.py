@@ -24,6 +24,7 @@ from dataset_card.plots import write_plots
 from dataset_card.provenance import models_used
 from dataset_card.shown_text import shorten
 from dataset_card.summary import CaptionSummary, summarise
+from map_fns import captioners
 from map_fns.flags import NONE
 from map_fns.registry import STAGES
 from output.durable import write_durably
@@ -57,11 +58,24 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def recipe(config: dict) -> dict:
-    """The settings that shape the captions (the registry's recipe stages), beyond the models and the seed, and
-    the two engine settings that do too: the models' number formats and the size images are decoded at."""
+def captioner_used(config: dict) -> tuple[captioners.CaptionerFamily | None, str]:
+    """The captioner's family (None when its config.json is neither a local file nor in the local cache, e.g. a
+    card re-rendered elsewhere) and the prompt the run gave it (`auto` resolved to the family's own)."""
+    prompt = config["caption"]["caption_prompt"]
+    try:
+        family = captioners.family_of(captioners.checkpoint_model_type(config["caption"]["captioner"]))
+    except ValueError:
+        return None, prompt
+    return family, captioners.prompt_for(family, prompt)
+
+
+def recipe(config: dict, prompt: str) -> dict:
+    """The settings that shape the captions (the registry's recipe stages), beyond the models and the seed, with
+    the prompt the captioner was given, and the two engine settings that shape them too: the models' number
+    formats and the size images are decoded at."""
     values = {key: value for stage in STAGES if stage.recipe
               for key, value in config[stage.name].items() if key not in (stage.model, "seed")}
+    values["caption_prompt"] = prompt
     values["precision"] = config["run"]["precision"]
     values["resize_min_side"] = config["fetch"]["resize_min_side"]
     return {key: repr(value) if isinstance(value, str) else value for key, value in values.items()}
@@ -91,6 +105,7 @@ def render_card(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInp
     ok_rows = stats["statuses"].get("ok", 0)
     config = inputs.config
     data = card_data(inputs, count_rows(chunks), features)
+    family, prompt = captioner_used(config)
     return _environment().get_template(TEMPLATE).render(
         card_data=data.to_yaml(),
         pretty_name=data.pretty_name,
@@ -100,7 +115,9 @@ def render_card(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInp
         source_name=inputs.source_name,
         load_path=inputs.push_to_hub or "path/to/output_dir",
         models=models_used(config),
-        recipe=recipe(config),
+        recipe=recipe(config, prompt),
+        captioner_family=family,
+        caption_prompt=prompt,
         stats=stats,
         errors=error_rows(stats["errors"]),
         rows=rows,

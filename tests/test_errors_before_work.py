@@ -60,8 +60,9 @@ def test_without_accelerate_the_whole_output_is_the_one_line(hub_server, tiny_mo
                            "--source 'user/no-such-dataset' cannot be found"),
         "no usable column": (["--source", "user/alt-texts-only"],
                              "user/alt-texts-only has no URL column (URL/url) and no image column"),
-        "wrong architecture": (["--captioner", tiny_models.repairer],
-                               f"--captioner {tiny_models.repairer!r} is a t5 model, not BLIP"),
+        "unsupported captioner family": (["--captioner", tiny_models.repairer],
+                                         f"--captioner {tiny_models.repairer!r} is a t5 model, which is not a "
+                                         "supported captioner family (supported: BLIP (blip), BLIP-2 (blip-2), "),
     }
     for name, (argv, expected) in cases.items():
         output = tmp_path / name.replace(" ", "-")

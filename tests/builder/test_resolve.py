@@ -174,8 +174,10 @@ def test_with_no_hub_listening_the_check_fails_at_once(hub_server, closed_port_u
 
 @pytest.mark.timeout(120)
 def test_a_model_of_the_wrong_architecture_is_named(hub, tiny_models):
-    assert _check_models(hub.env(), *_tiny_flags(tiny_models), "--captioner", tiny_models.repairer) == (
-        f"--captioner {tiny_models.repairer!r} is a t5 model, not BLIP (BlipForConditionalGeneration)")
+    error = _check_models(hub.env(), *_tiny_flags(tiny_models), "--captioner", tiny_models.repairer)
+    assert error.startswith(f"--captioner {tiny_models.repairer!r} is a t5 model, which is not a supported captioner "
+                            "family (supported: BLIP (blip), BLIP-2 (blip-2), "), error
+    assert all(family in error for family in ("GIT (git)", "Florence-2 (florence2)", "Qwen2-VL (qwen2_vl/qwen2_5_vl)"))
     assert _check_models(hub.env(), *_tiny_flags(tiny_models), "--repairer", "org/blip") == (
         "--repairer 'org/blip' is a blip model, not a seq2seq text model such as T5 (AutoModelForSeq2SeqLM)")
     assert _check_models(hub.env(), *_tiny_flags(tiny_models), "--ranker", "hf-hub:org/t5") == (

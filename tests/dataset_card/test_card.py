@@ -120,7 +120,12 @@ def test_method_names_models_recipe_seed_and_the_full_config(card, built):
     for role, key in (("captioner", ("caption", "captioner")), ("first ranker", ("rank", "ranker")),
                       ("second ranker", ("rerank", "reranker")), ("repairer", ("repair", "repairer"))):
         assert f"| {role} | `{built.config[key[0]][key[1]]}` | — | not recorded |" in method  # local tiny models
-    assert "| `top_p` | `0.2427084604681384` |" in method and "| `caption_prompt` | `'a picture of '` |" in method
+    assert "| `top_p` | `0.2427084604681384` |" in method
+    assert "| `caption_prompt` | `'a picture of '` |" in method  # auto, resolved to the family's own
+    assert built.config["caption"]["caption_prompt"] == "auto"
+    candidates = built.config["caption"]["num_candidates"]
+    assert (f"was made: a BLIP captioner\nsampled {candidates} candidate captions per image\n"
+            "(after the prompt `'a picture of '`)") in card.text
     assert f"| `resize_min_side` | `{built.config['fetch']['resize_min_side']}` |" in method  # shapes model inputs
     assert f"| `precision` | `{built.config['run']['precision']!r}` |" in method
     assert f"the seed (`{built.config['caption']['seed']}`)" in method
