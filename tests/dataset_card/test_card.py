@@ -124,8 +124,8 @@ def test_method_names_models_recipe_seed_and_the_full_config(card, built):
     assert "| `caption_prompt` | `'a picture of '` |" in method  # auto, resolved to the family's own
     assert built.config["caption"]["caption_prompt"] == "auto"
     candidates = built.config["caption"]["num_candidates"]
-    assert (f"was made: a BLIP captioner\nsampled {candidates} candidate captions per image\n"
-            "(after the prompt `'a picture of '`)") in card.text
+    assert (f"was made: a BLIP\ncaptioner sampled {candidates}\ncandidate captions per image (after the prompt "
+            "`'a picture of '`), a CLIP model") in card.text
     assert f"| `resize_min_side` | `{built.config['fetch']['resize_min_side']}` |" in method  # shapes model inputs
     assert f"| `precision` | `{built.config['run']['precision']!r}` |" in method
     assert f"the seed (`{built.config['caption']['seed']}`)" in method
