@@ -156,3 +156,17 @@ def test_the_memory_estimate_scales_with_precision_and_captions(tiny_models):
     model = ClipScorer(tiny_models.reranker, "cpu").model
     assert bytes_per_image(model, torch.float32) == 2 * bytes_per_image(model, torch.bfloat16)
     assert bytes_per_image(model, torch.float32, captions=5) < bytes_per_image(model, torch.float32)
+
+
+def test_a_caption_longer_than_the_context_is_scored_on_its_first_tokens(scorer):
+    """A chat captioner's paragraph exceeds CLIP's 77-token context: it is scored, on its first 76 tokens (the
+    last position holds end-of-text). Two captions that differ only after that score the same, and one that
+    differs inside it does not."""
+    opening = " ".join(["a dog sitting on the grass next to a red car"] * 10)  # about 100 tokens
+    long_captions = [opening + " in the snow.", opening + " on a beach at night with two birds in the sky."]
+    differs_early = "a cat " + opening
+    image = _images()[:1]
+    same_tail, early = scorer.similarities(image * 2, [long_captions, [long_captions[0], differs_early]])
+    assert len(scorer.tokenizer([opening])[0]) == 77 and int(scorer.tokenizer([opening])[0].argmax()) == 76
+    assert same_tail[0] == same_tail[1]
+    assert early[0] != early[1]
