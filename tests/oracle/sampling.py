@@ -107,20 +107,34 @@ def sample_image(model, tokenizer, pixel_values: torch.Tensor, uniforms: torch.T
                  recipe: Recipe = Recipe()) -> Sampled:
     """`sample` + `generate` for one image (`pixel_values` (1, 3, H, W)); `uniforms` (candidates, steps)."""
     text_config = model.config.text_config
-    eos = text_config.sep_token_id
     prompt = prompt_ids(tokenizer, recipe.prompt, text_config.bos_token_id)
     image_embeds = model.vision_model(pixel_values=pixel_values)[0]
-    events = Counter()
 
+    def next_logits(sequences: torch.Tensor) -> torch.Tensor:
+        states = image_embeds.expand(len(sequences), -1, -1)
+        return model.text_decoder(input_ids=sequences, encoder_hidden_states=states).logits[:, -1, :]
+
+    events = Counter()
+    completed = sample_sequences(next_logits, prompt, [text_config.sep_token_id], uniforms, recipe, events)
+    captions = _unique_captions(tokenizer, [sequence for _, sequence in completed], recipe.prompt, events)
+    generated = [sequence[len(prompt):] for _, sequence in sorted(completed)]
+    return Sampled(captions, generated, events)
+
+
+@torch.inference_mode()
+def sample_sequences(next_logits, prompt: list[int], eos: list[int], uniforms: torch.Tensor, recipe: Recipe,
+                     events: Counter) -> list[tuple[int, list[int]]]:
+    """`generate`'s loop over any model: `next_logits(sequences)` gives the logits after each whole sequence.
+    Returns (candidate, whole sequence) in completion order. `eos` may hold several end tokens (a chat model's
+    end of turn and end of text, our extension): P(EOS) is their summed probability, min length blocks each."""
     sequences = torch.tensor([prompt] * recipe.num_candidates)
     alive = torch.arange(recipe.num_candidates)  # candidate index of each row of `sequences`
     max_lengths = torch.tensor(recipe.max_lengths)
-    completed: list[tuple[int, list[int]]] = []  # (candidate, whole sequence) in completion order
+    completed: list[tuple[int, list[int]]] = []
     for step in range(max(recipe.max_lengths)):
         if len(alive) == 0:
             break
-        states = image_embeds.expand(len(alive), -1, -1)
-        logits = model.text_decoder(input_ids=sequences, encoder_hidden_states=states).logits[:, -1, :].float()
+        logits = next_logits(sequences).float()
         tokens, reasons = _step(logits, sequences, step, uniforms[alive, step], max_lengths[alive], recipe, eos,
                                 events)
         ended = torch.tensor([reason is not None for reason in reasons])
@@ -133,28 +147,26 @@ def sample_image(model, tokenizer, pixel_values: torch.Tensor, uniforms: torch.T
         alive = alive[~ended]
     completed += zip(alive.tolist(), sequences.tolist())
     events[MAX_LENGTH] += len(alive)
-    captions = _unique_captions(tokenizer, [sequence for _, sequence in completed], recipe.prompt, events)
-    generated = [sequence[len(prompt):] for _, sequence in sorted(completed)]
-    return Sampled(captions, generated, events)
+    return completed
 
 
 def _step(logits, sequences, step, uniforms, max_lengths, recipe, eos, events) -> tuple[torch.Tensor, list]:
     """Steps 1-6 for every unfinished candidate: the sampled tokens, and per candidate the reason it ended now
     (None: it goes on)."""
-    eos_log_probability = logits.softmax(-1)[:, eos].log()
+    eos_log_probability = logits.softmax(-1)[:, eos].sum(-1).log()
     blocked = logits.clone()
     eos_kept_unblocked = torch.zeros(len(logits), dtype=torch.bool)
     if step < recipe.min_length:
         blocked[:, eos] = float("-inf")
         unblocked = penalize_repetitions(logits, sequences, recipe.repetition_penalty)
-        eos_kept_unblocked = keep_top_k_then_nucleus(unblocked, recipe.top_k, recipe.top_p)[:, eos]
+        eos_kept_unblocked = keep_top_k_then_nucleus(unblocked, recipe.top_k, recipe.top_p)[:, eos].any(-1)
     penalized = penalize_repetitions(blocked, sequences, recipe.repetition_penalty)
     keep = keep_top_k_then_nucleus(penalized, recipe.top_k, recipe.top_p)
     tokens = draw(penalized.masked_fill(~keep, float("-inf")).softmax(-1), uniforms)
     forced = eos_log_probability > math.log(recipe.force_eos_probability)
     reasons = []
     for token, at_max, forced_now in zip(tokens.tolist(), (max_lengths <= step).tolist(), forced.tolist()):
-        reasons.append(MAX_LENGTH if at_max else FORCED_STOP if forced_now else SAMPLED_EOS if token == eos else None)
+        reasons.append(MAX_LENGTH if at_max else FORCED_STOP if forced_now else SAMPLED_EOS if token in eos else None)
     goes_on = torch.tensor([reason is None for reason in reasons], dtype=torch.bool)
     events[EOS_BLOCKED_IN_NUCLEUS] += int((eos_kept_unblocked & goes_on).sum())
     return tokens, reasons
