@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.tiny_models import VERSION_DIR, _bert_tokenizer, _build_once, caption_corpus
+from builder.tiny_models import VERSION_DIR, _build_once, caption_corpus
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is actually built
     import torch
-    from transformers import PreTrainedModel, ProcessorMixin
+    from transformers import BertTokenizer, PreTrainedModel, ProcessorMixin
 
 TINY_FAMILIES = ("blip-2", "git", "qwen2_vl")
 IMAGE_SIZE = 32  # BLIP-2's and GIT's fixed input size; Qwen2-VL resizes each image within QWEN_PIXELS
@@ -105,11 +105,25 @@ def _tiny_blip2() -> tuple[PreTrainedModel, ProcessorMixin]:
     return model, processor
 
 
+def _wordpiece_tokenizer() -> BertTokenizer:
+    """BERT's WordPiece, as GIT's: every corpus word whole, and each of their characters as a word start or a `##`
+    piece, so any lowercase word encodes. Listed, not trained: tokenizers' WordPiece trainer returns another
+    vocabulary on each call (ties broken in hash order), which would make the build irreproducible."""
+    from tokenizers import pre_tokenizers
+    from transformers import BertTokenizer
+
+    split = pre_tokenizers.BertPreTokenizer()
+    words = sorted({word for sentence in caption_corpus() for word, _ in split.pre_tokenize_str(sentence)})
+    characters = sorted(set("".join(words)))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *characters, *(f"##{c}" for c in characters)]
+    return BertTokenizer(vocab={token: i for i, token in enumerate(dict.fromkeys(tokens))}, model_max_length=512)
+
+
 def _tiny_git() -> tuple[PreTrainedModel, ProcessorMixin]:
     """GIT as microsoft/git-*: CLIP image processor, BERT WordPiece; a caption starts at `[CLS]`, ends at `[SEP]`."""
     from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
 
-    tokenizer = _bert_tokenizer()
+    tokenizer = _wordpiece_tokenizer()
     config = GitConfig(
         vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=2),
@@ -248,14 +262,19 @@ def _mean_head_input(model: PreTrainedModel, processor: ProcessorMixin, model_ty
 
 
 def caption_inputs(processor: ProcessorMixin, model_type: str, images: list) -> dict:
-    """The processor's inputs that start a caption of each image with the family's empty/default prompt."""
+    """The processor's inputs that start a caption of each image with the family's default prompt; `generate`
+    returns them followed by the new tokens."""
+    import torch
+
     if model_type == "qwen2_vl":
         message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
         prompt = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
         return processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True)
     if model_type == "blip-2":
         return processor(images=images, text=[""] * len(images), return_tensors="pt")
-    return processor(images=images, return_tensors="pt")  # GIT: generate starts at [CLS] itself
+    inputs = processor(images=images, return_tensors="pt")  # GIT: text would end in [SEP]; the caption starts at [CLS]
+    inputs["input_ids"] = torch.full((len(images), 1), processor.tokenizer.cls_token_id)
+    return inputs
 
 
 def _eos_ids(model: PreTrainedModel) -> list[int]:
