@@ -1,8 +1,9 @@
 """Tiny random-weight captioners of the non-BLIP families, built offline, for tests of `--captioner`.
 
 Each is of the real checkpoint's classes (`AutoModelForImageTextToText` and `AutoProcessor` load it), with the real
-tokenizer class trained on `tiny_models.caption_corpus()`, the real special tokens and generation settings, and a
-few layers of width 32-64. Captions come out as gibberish; every loading, prompting and decoding path runs for real.
+tokenizer class over a vocabulary made from `tiny_models.caption_corpus()`, the real special tokens and stop tokens,
+and a few layers of width 32-64. Captions come out as gibberish; every loading, prompting and decoding path runs for
+real.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.tiny_models import VERSION_DIR, _build_once, caption_corpus
+from map_fns.captioners import family_of
 
 if TYPE_CHECKING:  # torch and transformers load only when a model is actually built
     import torch
@@ -236,10 +238,10 @@ def _peak(model: PreTrainedModel, processor: ProcessorMixin, model_type: str) ->
         norm.weight.mul_(peaking.sharpness)
         if getattr(norm, "bias", None) is not None:
             norm.bias.mul_(peaking.sharpness)
-        head = model.get_output_embeddings()
         typical = _mean_head_input(model, processor, model_type)
-        eos = _eos_ids(model)[0]
-        head.weight[eos] += peaking.eos_bias * typical / typical.norm() ** 2
+        eos = model.generation_config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        model.get_output_embeddings().weight[eos] += peaking.eos_bias * typical / typical.norm() ** 2
 
 
 def _mean_head_input(model: PreTrainedModel, processor: ProcessorMixin, model_type: str) -> torch.Tensor:
@@ -262,24 +264,22 @@ def _mean_head_input(model: PreTrainedModel, processor: ProcessorMixin, model_ty
 
 
 def caption_inputs(processor: ProcessorMixin, model_type: str, images: list) -> dict:
-    """The processor's inputs that start a caption of each image with the family's default prompt; `generate`
-    returns them followed by the new tokens."""
+    """The processor's inputs that start a caption of each image with the family's own prompt
+    (`map_fns.captioners`); `generate` returns these `input_ids` followed by the new tokens."""
     import torch
 
+    prompt = family_of(model_type).prompt
     if model_type == "qwen2_vl":
-        message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe this image."}]}]
-        prompt = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-        return processor(images=images, text=[prompt] * len(images), return_tensors="pt", padding=True)
+        message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        chat = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+        return processor(images=images, text=[chat] * len(images), return_tensors="pt", padding=True)
     if model_type == "blip-2":
-        return processor(images=images, text=[""] * len(images), return_tensors="pt")
-    inputs = processor(images=images, return_tensors="pt")  # GIT: text would end in [SEP]; the caption starts at [CLS]
-    inputs["input_ids"] = torch.full((len(images), 1), processor.tokenizer.cls_token_id)
+        return processor(images=images, text=[prompt] * len(images), return_tensors="pt")
+    # GIT: the processor's text would end in [SEP], which ends a caption; the decoder starts at [CLS]
+    inputs = processor(images=images, return_tensors="pt")
+    prompt_ids = [processor.tokenizer.cls_token_id, *processor.tokenizer(prompt, add_special_tokens=False).input_ids]
+    inputs["input_ids"] = torch.tensor([prompt_ids] * len(images))
     return inputs
-
-
-def _eos_ids(model: PreTrainedModel) -> list[int]:
-    eos = model.generation_config.eos_token_id
-    return eos if isinstance(eos, list) else [eos]
 
 
 _BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, ProcessorMixin]]] = {
