@@ -81,7 +81,8 @@ def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tup
 def _tiny_blip2() -> tuple[PreTrainedModel, ProcessorMixin]:
     """BLIP-2 with an OPT decoder, as Salesforce/blip2-opt-*: OPT's GPT-2 BPE tokenizer (`</s>` as bos, prepended),
     `<image>` placeholders that the processor expands to `num_query_tokens`, and EOS on the newline token."""
-    from transformers import Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor, GPT2Tokenizer
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
+                              GPT2Tokenizer)
 
     vocab, merges = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>"])
     tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="</s>", eos_token="</s>", unk_token="</s>",

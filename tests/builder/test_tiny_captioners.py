@@ -93,7 +93,8 @@ def test_each_family_stops_where_its_real_checkpoint_does(cache):
     for model_type in TINY_FAMILIES:
         processor, model = _load(build_tiny_captioner(model_type, cache))
         stops[model_type] = processor.tokenizer.convert_ids_to_tokens(_eos(model))
-        assert processor.tokenizer.convert_ids_to_tokens(model.generation_config.pad_token_id) == processor.tokenizer.pad_token
+        pad = model.generation_config.pad_token_id
+        assert processor.tokenizer.convert_ids_to_tokens(pad) == processor.tokenizer.pad_token
     assert stops == {"blip-2": ["Ċ"], "git": ["[SEP]"], "qwen2_vl": ["<|im_end|>", "<|endoftext|>"]}
 
 
