@@ -122,22 +122,17 @@ def test_qwen2_vl_chat_prompt_holds_the_image_and_its_length_follows_the_shape(c
 
 
 def _rollout_figures(model_type: str, folder: str, photos: list[Image.Image], steps: int = 8) -> dict:
-    """Greedy rollouts (EOS held back) on each photograph: raw next-token probabilities at every step."""
+    """Greedy rollouts (EOS held back) on all photographs at once: raw next-token probabilities at every step."""
     processor, model = _load(folder)
-    eos = _eos(model)[0]
-    max_probs, eos_probs, first_tokens = [], [], set()
-    for photo in photos:
-        inputs = caption_inputs(processor, model_type, [photo])
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                                 output_logits=True, return_dict_in_generate=True)
-        probs = torch.cat(out.logits).float().softmax(-1)
-        max_probs.append(probs.max(-1).values)
-        eos_probs.append(probs[:, eos])
-        first_tokens.add(int(probs[0].argmax()))
-    eos_probs = torch.stack(eos_probs)
-    return {"mean_max_prob": torch.stack(max_probs).mean().item(), "eos_steps": int((eos_probs > EOS_THRESHOLD).sum()),
-            "first_tokens": len(first_tokens)}
+    processor.tokenizer.padding_side = "left"  # Qwen2-VL prompts differ in length with the photograph's shape
+    inputs = caption_inputs(processor, model_type, photos)
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
+                             output_logits=True, return_dict_in_generate=True)
+    probs = torch.stack(out.logits, 1).float().softmax(-1)  # image, step, token
+    eos_probs = probs[..., _eos(model)[0]]
+    return {"mean_max_prob": probs.max(-1).values.mean().item(), "eos_steps": int((eos_probs > EOS_THRESHOLD).sum()),
+            "first_tokens": len(set(probs[:, 0].argmax(-1).tolist()))}
 
 
 @pytest.mark.parametrize("model_type", TINY_FAMILIES)
