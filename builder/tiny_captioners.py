@@ -1,0 +1,290 @@
+"""Tiny random-weight captioners of the non-BLIP families, built offline, for tests of `--captioner`.
+
+Each is of the real checkpoint's classes (`AutoModelForImageTextToText` and `AutoProcessor` load it), with the real
+tokenizer class over a vocabulary made from `tiny_models.caption_corpus()`, the real special tokens and stop tokens,
+and a few layers of width 32-64. Captions come out as gibberish; every loading, prompting and decoding path runs for
+real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from builder.tiny_models import VERSION_DIR, _build_once, caption_corpus
+from map_fns.captioners import family_of
+
+if TYPE_CHECKING:  # torch and transformers load only when a model is actually built
+    import torch
+    from transformers import BertTokenizer, PreTrainedModel, ProcessorMixin
+
+TINY_FAMILIES = ("blip-2", "git", "qwen2_vl")
+IMAGE_SIZE = 32  # BLIP-2's and GIT's fixed input size; Qwen2-VL resizes each image within QWEN_PIXELS
+QWEN_PIXELS = (28 * 28 * 2, 28 * 28 * 6)  # min, max pixels: 2-6 image tokens, more for a wide image than a tall one
+QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                       "<|image_pad|>", "<|video_pad|>")
+# Qwen2-VL's own chat template, images only: a default system turn, then each message's text and image items.
+QWEN2_VL_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_captioner(model_type: str, cache_dir: str | Path, *, peaked: bool = False) -> str:
+    """Build (once) the tiny captioner of `model_type` under `cache_dir/tiny-v1/`; returns its folder.
+
+    `peaked=True` gives the same model with its next-token distributions made peaked, image-steered and with a
+    likely EOS at some steps (see `_peak`), so that the recipe's sampling rules fire on it.
+    """
+    if model_type not in _BUILDERS:
+        raise ValueError(f"no tiny captioner of model_type {model_type!r} (tiny ones: {', '.join(TINY_FAMILIES)})")
+    target = Path(cache_dir).resolve() / VERSION_DIR / f"captioner-{model_type}{'-peaked' if peaked else ''}"
+    _build_once(target, lambda out: _save(out, model_type, peaked))
+    return str(target)
+
+
+def _save(out: Path, model_type: str, peaked: bool) -> None:
+    model, processor = _BUILDERS[model_type]()
+    if peaked:
+        _peak(model, processor, model_type)
+    processor.save_pretrained(out)
+    model.save_pretrained(out)
+
+
+def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A GPT-2-style byte-level BPE (vocab, merges) trained on the caption corpus; `special_tokens` get ids 0..n-1."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special_tokens,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(caption_corpus(), trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    return model["vocab"], [tuple(merge) for merge in model["merges"]]
+
+
+def _tiny_blip2() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """BLIP-2 with an OPT decoder, as Salesforce/blip2-opt-*: OPT's GPT-2 BPE tokenizer (`</s>` as bos, prepended),
+    `<image>` placeholders that the processor expands to `num_query_tokens`, and EOS on the newline token."""
+    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
+                              GPT2Tokenizer)
+
+    vocab, merges = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>"])
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="</s>", eos_token="</s>", unk_token="</s>",
+                              pad_token="<pad>", add_bos_token=True, model_max_length=512)
+    num_query_tokens = 4
+    image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=num_query_tokens)
+    newline = tokenizer.convert_tokens_to_ids("Ċ")  # the real checkpoints end a caption with "\n", not `</s>`
+    config = Blip2Config(
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                            encoder_hidden_size=32, cross_attention_frequency=1),
+        text_config=dict(model_type="opt", vocab_size=len(tokenizer), hidden_size=32, word_embed_proj_dim=32,
+                         ffn_dim=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=128,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=newline,
+                         pad_token_id=tokenizer.pad_token_id),
+        num_query_tokens=num_query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token.content),
+    )
+    model = Blip2ForConditionalGeneration(config).eval()
+    _set_generation_ids(model, bos=tokenizer.bos_token_id, eos=newline, pad=tokenizer.pad_token_id)
+    return model, processor
+
+
+def _wordpiece_tokenizer() -> BertTokenizer:
+    """BERT's WordPiece, as GIT's: every corpus word whole, and each of their characters as a word start or a `##`
+    piece, so any lowercase word encodes. Listed, not trained: tokenizers' WordPiece trainer returns another
+    vocabulary on each call (ties broken in hash order), which would make the build irreproducible."""
+    from tokenizers import pre_tokenizers
+    from transformers import BertTokenizer
+
+    split = pre_tokenizers.BertPreTokenizer()
+    words = sorted({word for sentence in caption_corpus() for word, _ in split.pre_tokenize_str(sentence)})
+    characters = sorted(set("".join(words)))
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *characters, *(f"##{c}" for c in characters)]
+    return BertTokenizer(vocab={token: i for i, token in enumerate(dict.fromkeys(tokens))}, model_max_length=512)
+
+
+def _tiny_git() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """GIT as microsoft/git-*: CLIP image processor, BERT WordPiece; a caption starts at `[CLS]`, ends at `[SEP]`."""
+    from transformers import CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    tokenizer = _wordpiece_tokenizer()
+    config = GitConfig(
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=128, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = GitForCausalLM(config).eval()
+    _set_generation_ids(model, bos=tokenizer.cls_token_id, eos=tokenizer.sep_token_id, pad=tokenizer.pad_token_id)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return model, GitProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def _tiny_qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Qwen2-VL as Qwen/Qwen2-VL-*-Instruct: Qwen2's byte-level BPE with its special tokens, the chat template, a
+    vision tower whose image-token count follows the image's size, and M-RoPE."""
+    from transformers import (Qwen2Tokenizer, Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor,
+                              Qwen2VLProcessor, Qwen2VLVideoProcessor)
+
+    vocab, merges = _byte_level_bpe([])
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=list(QWEN_SPECIAL_TOKENS),
+                               model_max_length=512)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<|endoftext|>", *QWEN_SPECIAL_TOKENS)}
+    min_pixels, max_pixels = QWEN_PIXELS
+    processor = Qwen2VLProcessor(
+        image_processor=Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels),
+        video_processor=Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels),
+        tokenizer=tokenizer,
+        chat_template=QWEN2_VL_CHAT_TEMPLATE,
+    )
+    config = Qwen2VLConfig(
+        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2),
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                         bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                         pad_token_id=ids["<|endoftext|>"]),
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    _set_generation_ids(model, bos=ids["<|endoftext|>"], eos=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+                        pad=ids["<|endoftext|>"])
+    return model, processor
+
+
+def _set_generation_ids(model: PreTrainedModel, *, bos: int, eos: int | list[int], pad: int) -> None:
+    """The special ids `generate` reads, as the real checkpoint's generation_config.json lists them."""
+    model.generation_config.bos_token_id = bos
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = pad
+
+
+@dataclass(frozen=True)
+class _Peaking:
+    """How one family's tiny model is made peaked. final_norm: the norm feeding the LM head, whose scale is every
+    logit's scale. steer: makes the image, rather than the prompt, decide the next token (None: it already does)."""
+
+    sharpness: float
+    eos_bias: float
+    final_norm: Callable[[PreTrainedModel], torch.nn.Module]
+    steer: Callable[[PreTrainedModel], None] | None = None
+
+
+def _loud_attention(model: PreTrainedModel) -> None:
+    """GIT: every text layer's attention output x100. Its layers are post-LN, so the attention (over 17 image tokens
+    and the caption so far) outweighs the token's own embedding, which alone would pick the same word for any image."""
+    for layer in model.git.encoder.layer:
+        layer.attention.output.dense.weight.mul_(100.0)
+
+
+def _image_half(model: PreTrainedModel) -> None:
+    """Qwen2-VL: image tokens in the first half of the hidden state, text embeddings in the second, and every layer's
+    input norm x30 on the first half. Otherwise the 4-6 image tokens are a tenth of what the last position attends to
+    (the chat prompt is the rest) and every image gets the same first word."""
+    half = model.config.text_config.hidden_size // 2
+    last = model.model.visual.merger.mlp[-1]
+    last.weight[half:] = 0
+    last.bias[half:] = 0
+    model.model.language_model.embed_tokens.weight[:, :half] = 0
+    for layer in model.model.language_model.layers:
+        layer.input_layernorm.weight[:half] *= 30.0
+
+
+_PEAKING = {
+    "blip-2": _Peaking(30.0, 4.0, lambda model: model.language_model.model.decoder.final_layer_norm),
+    "git": _Peaking(50.0, 12.0, lambda model: model.git.encoder.layer[-1].output.LayerNorm, _loud_attention),
+    "qwen2_vl": _Peaking(50.0, 15.0, lambda model: model.model.language_model.norm, _image_half),
+}
+
+
+def _peak(model: PreTrainedModel, processor: ProcessorMixin, model_type: str) -> None:
+    """Make `model`'s next-token distributions peaked, image-steered, and sometimes ending.
+
+    The random model's logits are nearly flat (max probability ~0.004) and hardly depend on the image. Here: the
+    family's `steer` makes the image decide; the final norm's weight (and bias) x`sharpness` scales every logit; and
+    EOS's output row gains `eos_bias` * m / |m|^2, m the mean LM-head input over greedy rollouts on a few smooth
+    synthetic images, so EOS's logit rises by about `eos_bias` where the hidden state is typical and less elsewhere:
+    it wins at some steps of some images, not everywhere. Calibrated on synthetic images, checked on the sample
+    photographs (tests/builder/test_tiny_captioners.py).
+    """
+    import torch
+
+    peaking = _PEAKING[model_type]
+    with torch.no_grad():
+        if peaking.steer is not None:
+            peaking.steer(model)
+        norm = peaking.final_norm(model)
+        norm.weight.mul_(peaking.sharpness)
+        if getattr(norm, "bias", None) is not None:
+            norm.bias.mul_(peaking.sharpness)
+        typical = _mean_head_input(model, processor, model_type)
+        eos = model.generation_config.eos_token_id
+        eos = eos[0] if isinstance(eos, list) else eos
+        model.get_output_embeddings().weight[eos] += peaking.eos_bias * typical / typical.norm() ** 2
+
+
+def _mean_head_input(model: PreTrainedModel, processor: ProcessorMixin, model_type: str) -> torch.Tensor:
+    """The mean hidden state the LM head sees over 8-step greedy rollouts on four smooth synthetic images."""
+    import torch
+    from PIL import Image
+
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _o: seen.append(args[0][:, -1]))
+    gradient = Image.linear_gradient("L")
+    try:
+        for i, angle in enumerate((0, 45, 90, 135)):
+            bands = (gradient.rotate(angle), gradient.rotate(angle + 90), gradient.rotate(angle + 180))
+            image = Image.merge("RGB", bands).resize((48 + 8 * i, 40))
+            inputs = caption_inputs(processor, model_type, [image])
+            model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
+    finally:
+        hook.remove()
+    return torch.cat(seen).mean(0)
+
+
+def caption_inputs(processor: ProcessorMixin, model_type: str, images: list) -> dict:
+    """The processor's inputs that start a caption of each image with the family's own prompt
+    (`map_fns.captioners`); `generate` returns these `input_ids` followed by the new tokens."""
+    import torch
+
+    prompt = family_of(model_type).prompt
+    if model_type == "qwen2_vl":
+        message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        chat = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+        return processor(images=images, text=[chat] * len(images), return_tensors="pt", padding=True)
+    if model_type == "blip-2":
+        return processor(images=images, text=[prompt] * len(images), return_tensors="pt")
+    # GIT: the processor's text would end in [SEP], which ends a caption; the decoder starts at [CLS]
+    inputs = processor(images=images, return_tensors="pt")
+    prompt_ids = [processor.tokenizer.cls_token_id, *processor.tokenizer(prompt, add_special_tokens=False).input_ids]
+    inputs["input_ids"] = torch.tensor([prompt_ids] * len(images))
+    return inputs
+
+
+_BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, ProcessorMixin]]] = {
+    "blip-2": _tiny_blip2,
+    "git": _tiny_git,
+    "qwen2_vl": _tiny_qwen2_vl,
+}
