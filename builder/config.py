@@ -201,9 +201,6 @@ def parse_config(argv: list[str] | None = None) -> BuildConfig:
     preset_tokens = as_flags(preset, f"--preset {chosen.preset!r}", known)  # first: YAML and flags win
     parsed = dict(zip(names, _parse(parser, preset_tokens + user_tokens)))
     cfg = BuildConfig(**{name: parsed.pop(name) for name in RUN_SECTIONS}, stages=parsed)
-    if cfg.rank.keep_top > cfg.caption.num_candidates:
-        raise ConfigError(f"--keep_top ({cfg.rank.keep_top}) must not exceed --num_candidates "
-                          f"({cfg.caption.num_candidates})")
     return cfg
 
 

@@ -213,9 +213,9 @@ def _image_half(model: PreTrainedModel) -> None:
 
 
 _PEAKING = {
-    "blip-2": _Peaking(30.0, 4.0, lambda model: model.language_model.model.decoder.final_layer_norm),
-    "git": _Peaking(50.0, 12.0, lambda model: model.git.encoder.layer[-1].output.LayerNorm, _loud_attention),
-    "qwen2_vl": _Peaking(50.0, 15.0, lambda model: model.model.language_model.norm, _image_half),
+    "blip-2": _Peaking(30.0, 1.5, lambda model: model.language_model.model.decoder.final_layer_norm),
+    "git": _Peaking(50.0, 80.0, lambda model: model.git.encoder.layer[-1].output.LayerNorm, _loud_attention),
+    "qwen2_vl": _Peaking(50.0, 30.0, lambda model: model.model.language_model.norm, _image_half),
 }
 
 
