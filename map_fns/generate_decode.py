@@ -33,7 +33,8 @@ STRUCTURAL_GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "d
 
 def load_generic_captioner(name: str, device: torch.device, dtype: torch.dtype = torch.float32):
     """Model (AutoModelForImageTextToText) and processor (AutoProcessor), via `from_pretrained`; refuses
-    checkpoints that leave weights random. The model's generation settings keep only its structural tokens."""
+    checkpoints that leave weights random. Its generation settings keep only its structural tokens (BLIP-2's and
+    InstructBLIP's language models have nothing else: transformers gives a part no generation_config.json)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
     model = load_trained(AutoModelForImageTextToText, name, "captioner", dtype=dtype).to(device)
@@ -112,6 +113,8 @@ class GenericSampler:
         self.tokenizer = self.processor.tokenizer
         self.prompt = prompt_for(family, cfg.caption_prompt)
         self.eos = end_token_ids(self.model, self.tokenizer)
+        pad = self.model.generation_config.pad_token_id
+        self.pad = pad if pad is not None else self.eos[0]  # what `generate` appends to a finished candidate
         self.num_steps = max(cfg.max_lengths)
         self.accepted = forward_inputs(self.model)
 
@@ -181,8 +184,9 @@ class GenericSampler:
         sampler = RecipeSampler(self.cfg, uniforms, max_lengths, self.eos)
         inputs = {key: value.to(self.device, self.model.dtype if value.is_floating_point() else None)
                   for key, value in batch.items()}
-        self.model.generate(**inputs, do_sample=True, top_k=0, num_return_sequences=n,
-                            max_new_tokens=self.num_steps + 1, logits_processor=LogitsProcessorList([sampler]))
+        self.model.generate(**inputs, do_sample=True, top_k=0, num_return_sequences=n, eos_token_id=self.eos,
+                            pad_token_id=self.pad, max_new_tokens=self.num_steps + 1,
+                            logits_processor=LogitsProcessorList([sampler]))
         return [sampler.tokens[i * n : (i + 1) * n] for i in range(len(row_keys))]
 
     def __call__(self, images: list, row_keys: list[str]) -> list[list[str]]:

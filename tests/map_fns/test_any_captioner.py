@@ -135,7 +135,8 @@ def test_a_rows_candidates_do_not_depend_on_its_batch(peaked, photos):
 
 def test_the_checkpoints_own_generation_settings_do_not_filter_the_recipes_logits(peaked, photos, tmp_path):
     """Real checkpoints ship sampling settings (Florence-2: 3 beams, no 3-gram repeats; chat models: top-k,
-    temperature, repetition penalty); the recipe must see the raw logits whatever they say."""
+    temperature, repetition penalty); the recipe must see the raw logits whatever they say. (BLIP-2 hands generation
+    to its language model, whose settings transformers builds without the file: it must stay unaffected too.)"""
     model_type, folder = peaked
     meddled = shutil.copytree(folder, tmp_path / "meddled")
     config = meddled / "generation_config.json"
