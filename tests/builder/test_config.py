@@ -239,13 +239,18 @@ def _bad_yaml(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+def test_one_candidate_per_image_keeps_the_default_shortlist_size(tmp_path):
+    """--num_candidates 1 (one long caption per image, ranking only scores it) needs no --keep_top 1."""
+    cfg = parse_config(["--output_dir", str(tmp_path), "--num_candidates", "1", "--length_schedule", "1:300"])
+    assert (cfg.caption.num_candidates, cfg.caption.max_lengths, cfg.rank.keep_top) == (1, [300], 5)
+
+
 ERROR_CASES = {
     # id: (argv after --output_dir given a tmp file, what the message must name)
     "negative batch size": (lambda t: ["--batch_size", "-1"], lambda t: ["--batch_size", "-1"]),
     "batch size not an int": (lambda t: ["--batch_size", "abc"], lambda t: ["--batch_size", "abc"]),
     "negative batch size in yaml": (
         lambda t: ["--config", _yaml(t / "neg.yaml", {"batch_size": -2})], lambda t: ["--batch_size", "-2"]),
-    "keep_top over num_candidates": (lambda t: ["--keep_top", "41"], lambda t: ["--keep_top", "41", "40"]),
     "unknown flag": (lambda t: ["--no_such_flag", "1"], lambda t: ["--no_such_flag"]),
     "unknown yaml key": (
         lambda t: ["--config", _yaml(t / "unknown.yaml", {"batch_size": 2, "no_such_key": 1})],
