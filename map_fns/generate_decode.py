@@ -27,7 +27,8 @@ from map_fns.pretrained import load_trained
 if TYPE_CHECKING:  # the caption stage imports this module when its model loads; only the type comes back
     from map_fns.caption import CaptionConfig
 
-MEMORY_PROBE_SIDE = 1024  # the square image whose input length sizes batches (the fetch stage resizes near it)
+MEMORY_PROBE_SIDE = 1344  # the square image whose input length sizes batches: big images arrive 1344 px on
+# their short side (the fetch stage's default --resize_min_side); the batcher halves a batch that still runs out
 STRUCTURAL_GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
