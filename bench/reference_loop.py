@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from map_fns import sampling
+from map_fns.captioners import BLIP, prompt_for
 from map_fns.blip_decode import load_captioner, prompt_token_ids, unique_captions
 from map_fns.caption import CaptionConfig
 from map_fns.clip_score import ClipScorer
@@ -35,7 +36,8 @@ class ReferenceLoop:
         self.device = torch.device(device)
         self.blip, self.processor = load_captioner(caption.captioner, self.device)
         text = self.blip.config.text_config
-        self.prompt_ids = prompt_token_ids(self.processor.tokenizer, caption.caption_prompt, text.bos_token_id,
+        self.prompt = prompt_for(BLIP, caption.caption_prompt)
+        self.prompt_ids = prompt_token_ids(self.processor.tokenizer, self.prompt, text.bos_token_id,
                                            text.sep_token_id)
         self.ranker = ClipScorer(rank.ranker, self.device)
         self.reranker = None if rerank.reranker == NO_RERANK else ClipScorer(rerank.reranker, self.device)
@@ -50,7 +52,7 @@ class ReferenceLoop:
     def run(self, image, row_key: str) -> dict:
         """Candidates, ranked shortlist with both rankers' similarities, and the chosen and repaired caption."""
         candidates = unique_captions(self.processor.tokenizer, self.sample(image, row_key), self.prompt_ids,
-                                     self.cfg.caption_prompt)
+                                     self.prompt)
         if not candidates:
             return {"candidates": []}
         scores = _similarities_one_by_one(self.ranker, image, candidates)
@@ -77,7 +79,7 @@ class ReferenceLoop:
             out = self.blip.text_decoder(input_ids=step_input, encoder_hidden_states=encoder_states[active],
                                          cache=cache, use_cache=True, logits_to_keep=1)
             tokens, eos_stop = sampling.next_tokens(
-                out.logits[:, -1], sequences, step, uniforms[active, step], eos_token_id=eos,
+                out.logits[:, -1], sequences, step, uniforms[active, step], eos_token_ids=[eos],
                 min_length=cfg.min_length, repetition_penalty=cfg.repetition_penalty, top_k=cfg.top_k,
                 top_p=cfg.top_p, eos_stop_probability=cfg.eos_stop_probability,
             )

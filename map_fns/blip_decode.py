@@ -1,4 +1,4 @@
-"""BLIP decoding for the caption stage: load the model, and sample every candidate of a batch of images.
+"""BLIP's fast path for the caption stage: load the model, and sample every candidate of a batch of images.
 
 The vision encoder runs once per image; all candidates of all images then decode together, sharing their
 image's cross-attention keys and values (`CandidateDecoder`), finished candidates leaving the batch every
@@ -13,6 +13,7 @@ import torch
 
 from map_fns import sampling
 from map_fns.candidate_decoder import CandidateDecoder
+from map_fns.captioners import BLIP, prompt_for
 from map_fns.pretrained import load_trained
 
 if TYPE_CHECKING:  # the caption stage imports this module when its model loads; only the type comes back
@@ -25,6 +26,31 @@ def load_captioner(name: str, device: torch.device, dtype: torch.dtype = torch.f
 
     model = load_trained(BlipForConditionalGeneration, name, "captioner", dtype=dtype)
     return model.to(device), BlipProcessor.from_pretrained(name)
+
+
+class BlipSampler:
+    """Samples every candidate of a batch of images with BLIP: its processor resizes and normalises the images on
+    the model's device (the torchvision backend), then `sample_candidate_ids`."""
+
+    def __init__(self, cfg: CaptionConfig, device: torch.device, dtype: torch.dtype):
+        self.cfg, self.device = cfg, device
+        self.model, self.processor = load_captioner(cfg.captioner, device, dtype)
+        text_config = self.model.config.text_config
+        self.prompt = prompt_for(BLIP, cfg.caption_prompt)
+        self.prompt_ids = prompt_token_ids(self.processor.tokenizer, self.prompt, text_config.bos_token_id,
+                                           text_config.sep_token_id)
+        self.num_steps = max(cfg.max_lengths)
+
+    def bytes_per_image(self) -> int:
+        return bytes_per_image(self.model, self.cfg.num_candidates, len(self.prompt_ids) + self.num_steps)
+
+    def __call__(self, images: list, row_keys: list[str]) -> list[list[str]]:
+        pixels = self.processor.image_processor(images, return_tensors="pt", device=self.device).pixel_values
+        uniforms = torch.stack([sampling.row_uniforms(self.cfg.seed, key, self.cfg.num_candidates, self.num_steps)
+                                for key in row_keys])
+        ids = sample_candidate_ids(self.model, pixels.to(self.device, self.model.dtype), uniforms, self.cfg,
+                                   self.prompt_ids)
+        return [unique_captions(self.processor.tokenizer, image_ids, self.prompt_ids, self.prompt) for image_ids in ids]
 
 
 def bytes_per_image(model, num_candidates: int, num_positions: int) -> int:
@@ -80,7 +106,7 @@ def sample_candidate_ids(model, pixel_values: torch.Tensor, uniforms: torch.Tens
     for step in range(num_steps):
         tokens, eos_stop = sampling.next_tokens(
             logits, sequences[rows, : prompt_len + step], step, uniforms[rows, step],
-            eos_token_id=eos, min_length=cfg.min_length, repetition_penalty=cfg.repetition_penalty,
+            eos_token_ids=[eos], min_length=cfg.min_length, repetition_penalty=cfg.repetition_penalty,
             top_k=cfg.top_k, top_p=cfg.top_p, eos_stop_probability=cfg.eos_stop_probability,
         )
         sequences[rows, prompt_len + step] = tokens

@@ -1,7 +1,7 @@
-"""Caption stage: BLIP samples the recipe's candidate captions for every image.
+"""Caption stage: the captioner samples the recipe's candidate captions for every image.
 
-The config and the batched function live here; the torch-heavy decoding is in `blip_decode`, imported
-only when the model loads, so that checking flags stays instant.
+The config and the batched function live here; the torch-heavy decoding is in `blip_decode` (BLIP's fast path)
+and `generate_decode` (every other family), imported only when the model loads, so checking flags stays instant.
 """
 
 from __future__ import annotations
@@ -45,10 +45,13 @@ DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-large"
 class CaptionConfig:
     """The captioner and its sampling recipe; defaults are LAION-COCO's (lengths count generated tokens)."""
 
-    captioner: str = field(default=DEFAULT_CAPTIONER, metadata={"help": "BLIP caption model: Hub id or local dir."})
+    captioner: str = field(
+        default=DEFAULT_CAPTIONER,
+        metadata={"help": "Caption model of a supported family (README: choosing a captioner): Hub id or local dir."},
+    )
     caption_prompt: str = field(
         default=AUTO_PROMPT,
-        metadata={"help": "Prompt (a user message for chat models), never part of the caption; auto: the family's own."},
+        metadata={"help": "Prompt (for chat models the user message), not part of the caption; auto: the family's."},
     )
     num_candidates: int = field(default=40, metadata={"help": "Captions sampled per image."})
     length_schedule: str = field(
@@ -79,41 +82,41 @@ class CaptionConfig:
         return candidate_max_lengths(parse_length_schedule(self.length_schedule), self.num_candidates)
 
 
-def pixel_values(image_processor, images: list, device):
-    """BLIP's input for `images`: its own image processor, run on `device` (its torchvision backend)."""
-    return image_processor(images, return_tensors="pt", device=device).pixel_values
+def load_sampler(cfg: CaptionConfig, device, dtype):
+    """The candidate sampler of the captioner's family: BLIP's fast path, or `generate` for every other family.
+
+    A sampler is called with (images, row keys) and returns each image's unique candidates, and says how much
+    working memory one image needs (`bytes_per_image`), for sizing sub-batches to free memory.
+    """
+    from transformers import AutoConfig
+
+    from map_fns.captioners import BLIP, family_of
+
+    family = family_of(AutoConfig.from_pretrained(cfg.captioner).model_type)
+    if family is BLIP:
+        from map_fns.blip_decode import BlipSampler
+
+        return BlipSampler(cfg, device, dtype)
+    from map_fns.generate_decode import GenericSampler
+
+    return GenericSampler(cfg, family, device, dtype)
 
 
 def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto",
                     model_batch_size: int = 0) -> Callable[[dict], dict]:
-    """Load BLIP once; the returned batched function adds `_candidates` (internal) to every ok row, and makes a
-    row whose candidates were all empty `no_caption`.
+    """Load the captioner once; the returned batched function adds `_candidates` (internal) to every ok row, and
+    makes a row whose candidates were all empty `no_caption`.
 
-    Images go through the model in sub-batches sized to free memory (`model_batch_size` 0) or of the given
-    size; they are resized and normalised on `device` (the processor's torchvision backend).
+    Images go through the model in sub-batches sized to free memory (`model_batch_size` 0) or of the given size.
     """
     import torch
 
-    from map_fns import sampling
     from map_fns.batching import AutoBatcher
-    from map_fns.blip_decode import (bytes_per_image, load_captioner, prompt_token_ids, sample_candidate_ids,
-                                     unique_captions)
     from map_fns.precision import resolve_dtype
 
     device = torch.device(device)
-    model, processor = load_captioner(cfg.captioner, device, resolve_dtype(precision, device, "transformers"))
-    text_config = model.config.text_config
-    prompt_ids = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text_config.bos_token_id,
-                                  text_config.sep_token_id)
-    num_steps = max(cfg.max_lengths)
-    batcher = AutoBatcher("caption", device, bytes_per_image(model, cfg.num_candidates, len(prompt_ids) + num_steps),
-                          model_batch_size)
-
-    def sample(images: list, row_keys: list[str]) -> list[list[str]]:
-        pixels = pixel_values(processor.image_processor, images, device)
-        uniforms = torch.stack([sampling.row_uniforms(cfg.seed, key, cfg.num_candidates, num_steps) for key in row_keys])
-        ids = sample_candidate_ids(model, pixels.to(device, model.dtype), uniforms, cfg, prompt_ids)
-        return [unique_captions(processor.tokenizer, image_ids, prompt_ids, cfg.caption_prompt) for image_ids in ids]
+    sample = load_sampler(cfg, device, resolve_dtype(precision, device, "transformers"))
+    batcher = AutoBatcher("caption", device, sample.bytes_per_image(), model_batch_size)
 
     def caption(rows: dict[str, list]) -> dict[str, list]:
         found = batcher.map(list(range(len(rows["status"]))),

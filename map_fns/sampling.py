@@ -13,6 +13,7 @@ neighbours) with inverse-CDF sampling from uniforms that each row draws from its
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import torch
 
@@ -66,19 +67,24 @@ def next_tokens(
     step: int,
     uniforms: torch.Tensor,
     *,
-    eos_token_id: int,
+    eos_token_ids: Sequence[int],
     min_length: int,
     repetition_penalty: float,
     top_k: int,
     top_p: float,
     eos_stop_probability: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of the recipe for every active candidate: (sampled tokens, stopped early by high P(EOS))."""
+    """One step of the recipe for every active candidate: (sampled tokens, stopped early by high P(EOS)).
+
+    A model with several end tokens (chat models: end of turn and end of text) has P(EOS) = their summed
+    probability, and min length blocks each of them.
+    """
     logits = logits.float()
-    eos_stop = logits.softmax(-1)[:, eos_token_id] > eos_stop_probability
+    eos = list(eos_token_ids)
+    eos_stop = logits.softmax(-1)[:, eos].sum(-1) > eos_stop_probability
     if step < min_length:
         logits = logits.clone()
-        logits[:, eos_token_id] = float("-inf")
+        logits[:, eos] = float("-inf")
     logits = apply_repetition_penalty(logits, sequences, repetition_penalty)
     probs = top_k_top_p_filter(logits, top_k, top_p).softmax(-1)
     return sample_inverse_cdf(probs, uniforms), eos_stop

@@ -15,6 +15,7 @@ from builder.config import BuildConfig, ConfigError, config_text, parse_config, 
 from builder.flag_files import bundled_presets
 from builder.tiny_models import tiny_model_paths
 from map_fns.caption import CaptionConfig
+from map_fns.captioners import family_of, prompt_for
 from map_fns.fetch import FetchConfig
 from map_fns.rank import RankConfig
 from map_fns.repair import RepairConfig
@@ -61,7 +62,7 @@ def test_defaults_are_the_reference_recipe(tmp_path):
     assert cfg.caption.min_length == 5
     assert cfg.caption.repetition_penalty == 1.3
     assert cfg.caption.eos_stop_probability == 0.17937666742679637
-    assert cfg.caption.caption_prompt == "a picture of "
+    assert prompt_for(family_of("blip"), cfg.caption.caption_prompt) == "a picture of "
     assert cfg.caption.max_lengths == [20] * 8 + [30] * 16 + [45] * 16
     assert cfg.rank.keep_top == 5
     assert cfg.repair.repair_prefix == "grammar: " and cfg.repair.repair_num_beams == 2

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from map_fns.captioners import BLIP, prompt_for
 from map_fns import sampling
 from map_fns.blip_decode import load_captioner, prompt_token_ids, sample_candidate_ids, unique_captions
 from map_fns.caption import CaptionConfig, make_caption_fn
@@ -39,7 +40,8 @@ def caption_fn(tiny_models):
 def _sample(blip, cfg, n_images=2, seed=0):
     model, processor = blip
     text = model.config.text_config
-    prompt = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text.bos_token_id, text.sep_token_id)
+    prompt = prompt_token_ids(processor.tokenizer, prompt_for(BLIP, cfg.caption_prompt), text.bos_token_id,
+                              text.sep_token_id)
     pixels = processor.image_processor(_images(n_images, seed), return_tensors="pt").pixel_values
     uniforms = torch.stack([sampling.row_uniforms(cfg.seed, f"row{i}", cfg.num_candidates, max(cfg.max_lengths))
                             for i in range(n_images)])

@@ -13,6 +13,7 @@ from PIL import Image
 
 import map_fns.batching
 import map_fns.blip_decode
+from map_fns.captioners import BLIP, prompt_for
 from map_fns.blip_decode import bytes_per_image, load_captioner, prompt_token_ids, sample_candidate_ids
 from map_fns.caption import CaptionConfig, make_caption_fn
 from map_fns.candidate_decoder import CandidateDecoder
@@ -74,7 +75,8 @@ def blip(tiny_models):
 def _sample(blip, cfg, images, keys, **kwargs):
     model, processor = blip
     text = model.config.text_config
-    prompt = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text.bos_token_id, text.sep_token_id)
+    prompt = prompt_token_ids(processor.tokenizer, prompt_for(BLIP, cfg.caption_prompt), text.bos_token_id,
+                              text.sep_token_id)
     pixels = processor.image_processor(images, return_tensors="pt").pixel_values
     uniforms = torch.stack([row_uniforms(cfg.seed, key, cfg.num_candidates, max(cfg.max_lengths)) for key in keys])
     return sample_candidate_ids(model, pixels, uniforms, cfg, prompt, **kwargs)

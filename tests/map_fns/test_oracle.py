@@ -21,6 +21,7 @@ from transformers import BlipForConditionalGeneration, BlipProcessor
 
 from builder.source import bundled_sample
 from builder.tiny_models import build_peaked_captioner
+from map_fns.captioners import BLIP, prompt_for
 from map_fns.blip_decode import load_captioner, prompt_token_ids, sample_candidate_ids
 from map_fns.caption import CaptionConfig, make_caption_fn
 from map_fns.rank import RankConfig, make_rank_fn
@@ -61,7 +62,8 @@ def _product_token_ids(cfg: CaptionConfig, photos, device: str = "cpu") -> list[
     keys, images = photos
     model, processor = load_captioner(cfg.captioner, torch.device(device))
     text = model.config.text_config
-    prompt = prompt_token_ids(processor.tokenizer, cfg.caption_prompt, text.bos_token_id, text.sep_token_id)
+    prompt = prompt_token_ids(processor.tokenizer, prompt_for(BLIP, cfg.caption_prompt), text.bos_token_id,
+                              text.sep_token_id)
     pixels = processor.image_processor(images, return_tensors="pt").pixel_values.to(device)
     uniforms = torch.stack([row_uniforms(cfg.seed, key, cfg.num_candidates, max(cfg.max_lengths)) for key in keys])
     return sample_candidate_ids(model, pixels, uniforms, cfg, prompt)

@@ -61,7 +61,7 @@ def _step(logits, step, min_length=3, threshold=0.5, uniforms=None):
     return sampling.next_tokens(
         logits, torch.tensor([[2]]).repeat(len(logits), 1), step,
         torch.zeros(len(logits)) if uniforms is None else uniforms,
-        eos_token_id=0, min_length=min_length, repetition_penalty=1.0, top_k=100, top_p=1.0,
+        eos_token_ids=[0], min_length=min_length, repetition_penalty=1.0, top_k=100, top_p=1.0,
         eos_stop_probability=threshold,
     )
 
