@@ -154,7 +154,8 @@ def _save_qwen2_vl_2b(out: Path) -> None:
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    pixels = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 16384, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+    pixels = dict(min_pixels=56 * 56, max_pixels=28 * 28 * 16384, image_mean=OPENAI_CLIP_MEAN,
+                  image_std=OPENAI_CLIP_STD)
     processor = Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tokenizer,
                                  video_processor=Qwen2VLVideoProcessor(), chat_template=QWEN2_VL_CHAT_TEMPLATE)
     model = Qwen2VLForConditionalGeneration(config).eval()

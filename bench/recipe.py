@@ -470,6 +470,9 @@ def print_captioner_report(r: dict) -> None:
           f"FlopCounterMode over {r['flop_images']} image(s) (matmul, conv, attention).")
 
 
+# ---------------------------------------------------------------------------------------------- runs
+
+
 def run_recipe(cfgs: dict, args, sync, result: dict) -> None:
     """The recipe's four stages timed and counted, then (models freed) the reference loop on a few images."""
     stages, result["load_s"] = load_stages(cfgs, args, sync)
