@@ -2,6 +2,7 @@
 
     python bench/recipe.py [--device cuda] [--images 256] [--batch_size 64] [--precision auto]
     python bench/recipe.py --tiny                      # tiny models on CPU, in seconds (a smoke run)
+    python bench/recipe.py --captioner git,qwen2_vl    # each captioner's cost against BLIP-large's
 
 The four models are the real architectures with random weights (`bench/real_size_models.py`, built once
 into the cache dir: no download, same FLOPs), fed synthetic images the size the fetch stage delivers.
@@ -9,6 +10,10 @@ The product's own stage functions run on map batches exactly as `builder/` chain
 process after the fast models are freed, `bench.reference_loop.ReferenceLoop` (LAION's one-image-at-a-time
 loop, fp32) captions a few images. Prints images/s, ms/image, FLOPs, achieved TFLOP/s and share of the
 device's peak, and peak memory per stage, end to end and for the reference, and the ratio. See bench/README.md.
+
+`--captioner` compares captioner families instead (`bench/real_size_captioners.py`; with `--tiny`,
+`builder.tiny_captioners`): BLIP and each named family in turn through the caption stage, the other stages
+loaded once and run as always, and one table of each captioner's cost and its ratio to BLIP's.
 """
 
 from __future__ import annotations
@@ -59,7 +64,16 @@ def parse_args() -> argparse.Namespace:
                    help="where the models are built once (real size: ~7 GB)")
     p.add_argument("--seed", type=int, default=0, help="synthetic images and sampling seed")
     p.add_argument("--json", type=Path, default=None, help="also write all results here")
+    p.add_argument("--captioner", default=None, metavar="FAMILY[,FAMILY...]",
+                   help="compare these captioner families (names or model_types of map_fns.captioners) with BLIP\n"
+                        "(blip: the recipe's own); the reference loop is then not run")
+    p.add_argument("--num_candidates", type=int, default=None, help="candidates per image (default: the recipe's 40)")
     args = p.parse_args()
+    if args.captioner is not None:
+        try:
+            args.captioner = captioner_model_types(args.captioner, args.tiny)
+        except ValueError as error:
+            p.error(str(error))
 
     import torch
 
@@ -75,7 +89,31 @@ def parse_args() -> argparse.Namespace:
             setattr(args, name, value)
     if args.images < 1 or args.batch_size < 1:
         p.error("--images and --batch_size must be >= 1")
+    if args.num_candidates is not None and args.num_candidates < 1:
+        p.error(f"--num_candidates must be >= 1, got {args.num_candidates}")
     return args
+
+
+def captioner_model_types(spec: str, tiny: bool) -> list[str]:
+    """`--captioner`'s families as the model_types to build, BLIP first (the baseline of the ratios); ValueError
+    naming a name that is no family, or a family no model of this size is built for."""
+    from map_fns.captioners import BLIP, FAMILIES, supported
+
+    if tiny:
+        from builder.tiny_captioners import TINY_FAMILIES as buildable
+    else:
+        from bench.real_size_captioners import CAPTIONERS as buildable
+    chosen = []
+    for name in (part.strip().lower() for part in spec.split(",")):
+        family = next((f for f in FAMILIES if name in (f.name.lower(), *f.model_types)), None)
+        if family is None:
+            raise ValueError(f"--captioner {name!r} is not a captioner family (supported: {supported()})")
+        model_type = name if name in family.model_types else family.model_types[0]
+        if family is not BLIP and model_type not in buildable:
+            raise ValueError(f"--captioner {name!r}: no {'tiny' if tiny else 'real-size'} {model_type} model is "
+                             f"built here (available: blip, {', '.join(buildable)})")
+        chosen.append(model_type)
+    return list(dict.fromkeys([BLIP.model_types[0], *chosen]))
 
 
 def synthetic_images(n: int, seed: int, prefix: str) -> tuple[list, list[str]]:
@@ -120,21 +158,62 @@ def stage_configs(args) -> dict:
     for stage in model_stages():
         config = stage.config(**{stage.model: getattr(paths, stage.model)})
         configs[stage.name] = dataclasses.replace(config, seed=args.seed) if hasattr(config, "seed") else config
+    if args.num_candidates:
+        configs["caption"] = dataclasses.replace(configs["caption"], num_candidates=args.num_candidates)
     return configs
 
 
-def load_stages(cfgs: dict, args, sync) -> tuple[dict, dict]:
-    """The product's model stage functions, loaded as the run loads them, and their load seconds."""
+def load_stages(cfgs: dict, args, sync, names: tuple[str, ...] | None = None) -> tuple[dict, dict]:
+    """The product's model stage functions (those in `names`; all by default), loaded as the run loads them,
+    and their load seconds."""
     from map_fns.stage import StageContext
 
     context = StageContext(args.device, args.precision, args.model_batch_size)
     stages, load_s = {}, {}
     for stage in model_stages():
+        if names is not None and stage.name not in names:
+            continue
         start = time.perf_counter()
         stages[stage.name] = stage.load(cfgs[stage.name], context)
         sync()
         load_s[stage.name] = time.perf_counter() - start
     return stages, load_s
+
+
+def captioner_path(model_type: str, args, blip: str) -> str:
+    """The folder of `model_type`'s captioner of the run's size (`blip`: the recipe's own, already built)."""
+    if model_type == "blip":
+        return blip
+    if args.tiny:
+        from builder.tiny_captioners import build_tiny_captioner
+
+        return build_tiny_captioner(model_type, args.cache_dir)
+    from bench.real_size_captioners import build_real_size_captioner
+
+    return build_real_size_captioner(model_type, args.cache_dir)
+
+
+def mirrored_checkpoint(model_type: str, tiny: bool) -> str:
+    """The public checkpoint a captioner's configuration copies."""
+    from bench.real_size_captioners import CAPTIONERS
+    from map_fns.caption import DEFAULT_CAPTIONER
+
+    if tiny:
+        return "tiny"
+    return DEFAULT_CAPTIONER if model_type == "blip" else CAPTIONERS[model_type].mirrors
+
+
+def parameter_count(folder: str) -> int:
+    """Parameters in a saved model's safetensors files, read from their headers."""
+    import math
+
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(folder).glob("*.safetensors"):
+        with safe_open(path, "pt") as weights:
+            total += sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())
+    return total
 
 
 def new_batch(images: list, keys: list[str]) -> dict[str, list]:
@@ -209,6 +288,24 @@ def count_flops(stages: dict, images: list, keys: list[str]) -> dict[str, float]
     return flops
 
 
+def warm_up(stages: dict, args, sync) -> None:
+    """One untimed batch of `--warmup_images` images through the stages (none: skipped)."""
+    if not args.warmup_images:
+        return
+    print(f"warm-up: {args.warmup_images} image(s), untimed", flush=True)
+    batch = new_batch(*synthetic_images(args.warmup_images, args.seed, "warmup"))
+    for fn in stages.values():
+        batch.update(fn(batch))
+    sync()
+
+
+def measure(stages: dict, images: list, keys: list[str], args) -> tuple[dict, dict]:
+    """The stages timed over `images` (`time_stages`), then their FLOPs per image on the first `--flop_images`."""
+    timed = time_stages(stages, images, keys, args.batch_size, args.device)
+    print(f"counting FLOPs on {args.flop_images} image(s) ...", flush=True)
+    return timed, count_flops(stages, images[: args.flop_images], keys[: args.flop_images])
+
+
 def profile_batch(stages: dict, images: list, keys: list[str], device: str, out_dir: Path) -> None:
     """One batch under torch.profiler: the top operators printed, a chrome trace saved."""
     from torch.profiler import ProfilerActivity, profile, record_function
@@ -275,12 +372,22 @@ def device_peak_tflops(device: str, override: float | None) -> tuple[str, float 
 # ---------------------------------------------------------------------------------------------- report
 
 
+def num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def print_table(header: list[str], rows: list[list]) -> None:
+    """Columns padded to their widest cell, the first left-aligned, the rest right-aligned."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    print()
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(str(x).rjust(w) if j else str(x).ljust(w) for j, (x, w) in enumerate(zip(row, widths))))
+    print()
+
+
 def table_rows(r: dict) -> list[list]:
     timed, flops, peak = r["timed"], r["flops_per_image"], r["peak_tflops"]
     n = timed["images"]
-
-    def num(x: float | None) -> str:
-        return "n/a" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.3g}"
 
     def row(label, images, seconds, flop_per_image, mem, load):
         tflops = flop_per_image * images / seconds / 1e12 if flop_per_image is not None else None
@@ -299,19 +406,19 @@ def table_rows(r: dict) -> list[list]:
     return rows
 
 
-def print_report(r: dict) -> None:
+def print_header(r: dict) -> None:
     print(f"\ndevice {r['device_name']} ({r['device']}) | precision {r['precision']} ({r['dtype']}) | "
           f"batch size {r['batch_size']} | model batch size {r['model_batch_size'] or 'auto'} | "
+          f"{r['num_candidates']} candidates per image, schedule {r['length_schedule']} | "
           f"torch {r['torch']} | models {r['models']} | peak {r['peak_tflops'] or 'n/a'} TFLOP/s bf16 dense")
+
+
+def print_report(r: dict) -> None:
+    print_header(r)
     header = ["stage", "images", "s", "images/s", "ms/image", "GFLOP/image", "TFLOP/s", "% of peak", "peak MiB",
               "load s"]
-    rows = table_rows(r)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    print()
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(str(x).rjust(w) if j else str(x).ljust(w) for j, (x, w) in enumerate(zip(row, widths))))
+    print_table(header, table_rows(r))
     timed = r["timed"]
-    print()
     if r.get("reference"):
         print(f"fast / reference (end to end): {r['ratio']:.3g}x")
     ok = max(timed["ok"], 1)
@@ -322,6 +429,92 @@ def print_report(r: dict) -> None:
           "repair_max_new_tokens: a worst case for decoding. FLOPs: torch FlopCounterMode over "
           f"{r['flop_images']} image(s) per stage (matmul, conv, attention; not sampling or preprocessing). "
           f"peak MiB: {r['memory_how']}.")
+
+
+def captioner_rows(r: dict) -> list[list]:
+    """One row per captioner: its model, its cost per image per stage and end to end, its candidates' sizes, and
+    its caption stage's time and FLOPs and the end-to-end time as multiples of BLIP's in the same run."""
+    def per_image(c: dict) -> dict[str, float]:
+        timed = c["timed"]
+        return {**{stage: s / timed["images"] for stage, s in timed["seconds"].items()},
+                "end to end": sum(timed["seconds"].values()) / timed["images"]}
+
+    blip = r["captioners"]["blip"]
+    blip_s, blip_flops = per_image(blip), blip["flops_per_image"]["caption"]
+    rows = []
+    for model_type, c in r["captioners"].items():
+        seconds, timed, flops = per_image(c), c["timed"], c["flops_per_image"]
+        rows.append([f"{c['family']} ({model_type})", c["mirrors"], num(c["parameters"] / 1e6),
+                     num(1 / seconds["end to end"]),
+                     *(num(1000 * seconds[stage]) for stage in timed["seconds"]),
+                     num(flops["caption"] / 1e9), num(sum(flops.values()) / 1e9),
+                     f"{timed['candidates'] / max(timed['ok'], 1):.1f}",
+                     f"{timed['words'] / max(timed['candidates'], 1):.1f}",
+                     f"{seconds['caption'] / blip_s['caption']:.3g}x", f"{flops['caption'] / blip_flops:.3g}x",
+                     f"{seconds['end to end'] / blip_s['end to end']:.3g}x", f"{c['load_s']:.1f}"])
+    return rows
+
+
+def print_captioner_report(r: dict) -> None:
+    print_header(r)
+    stages = next(iter(r["captioners"].values()))["timed"]["seconds"]
+    header = ["captioner", "configuration of", "M params", "images/s", *(f"{stage} ms/image" for stage in stages),
+              "caption GFLOP/image", "end to end GFLOP/image", "candidates/image", "words/candidate",
+              "caption time vs BLIP", "caption FLOPs vs BLIP", "end to end vs BLIP", "load s"]
+    print_table(header, captioner_rows(r))
+    print(f"{r['images_timed']} image(s) timed per captioner; every captioner samples {r['num_candidates']} "
+          f"candidates of at most {r['mean_max_tokens']:.1f} new tokens on average and the same other stages rank "
+          "and repair them. images/s is end to end. BLIP encodes an image once for all its candidates; the other "
+          "families go through generate, which encodes the image and reads the prompt once per candidate. Random "
+          "weights rarely emit an end token: decoding runs to the max lengths, a worst case. FLOPs: torch "
+          f"FlopCounterMode over {r['flop_images']} image(s) (matmul, conv, attention).")
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
+def run_recipe(cfgs: dict, args, sync, result: dict) -> None:
+    """The recipe's four stages timed and counted, then (models freed) the reference loop on a few images."""
+    stages, result["load_s"] = load_stages(cfgs, args, sync)
+    warm_up(stages, args, sync)
+    images, keys = synthetic_images(args.images, args.seed, "bench")
+    result["timed"], result["flops_per_image"] = measure(stages, images, keys, args)
+    if args.profile:
+        profile_batch(stages, images[: args.batch_size], keys[: args.batch_size], args.device, args.profile)
+    del stages
+    free_memory(args.device)
+
+    if args.reference_images:
+        ref = time_reference(cfgs, images[: args.reference_images], keys[: args.reference_images], args.device)
+        result["reference"] = ref
+        fast = result["timed"]["images"] / sum(result["timed"]["seconds"].values())
+        result["ratio"] = fast / (ref["images"] / ref["seconds"])
+
+
+def compare_captioners(cfgs: dict, args, sync, result: dict) -> None:
+    """BLIP and each `--captioner` family in turn as the caption stage (its family's own prompt), the other
+    stages loaded once and run on its candidates as always; each measured as `run_recipe` measures."""
+    from map_fns.captioners import family_of
+
+    other_names = tuple(stage.name for stage in model_stages() if stage.name != "caption")
+    others, result["load_s"] = load_stages(cfgs, args, sync, names=other_names)
+    images, keys = synthetic_images(args.images, args.seed, "bench")
+    result["captioners"] = {}
+    for model_type in args.captioner:
+        path = captioner_path(model_type, args, cfgs["caption"].captioner)
+        print(f"captioner {model_type}: {path}", flush=True)
+        caption, load_s = load_stages({"caption": dataclasses.replace(cfgs["caption"], captioner=path)}, args, sync,
+                                      names=("caption",))
+        stages = {stage.name: caption.get(stage.name) or others[stage.name] for stage in model_stages()}
+        warm_up(stages, args, sync)
+        timed, flops = measure(stages, images, keys, args)
+        result["captioners"][model_type] = {
+            "family": family_of(model_type).name, "mirrors": mirrored_checkpoint(model_type, args.tiny),
+            "parameters": parameter_count(path), "load_s": load_s["caption"], "timed": timed,
+            "flops_per_image": flops,
+        }
+        del stages, caption
+        free_memory(args.device)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -343,35 +536,19 @@ def main() -> None:
                                  for kind in MODEL_KINDS),
               "batch_size": args.batch_size, "model_batch_size": args.model_batch_size, "torch": torch.__version__,
               "models": "tiny" if args.tiny else "real size, random weights", "peak_tflops": peak,
-              "flop_images": args.flop_images, "images_seed": args.seed,
+              "flop_images": args.flop_images, "images_timed": args.images, "images_seed": args.seed,
+              "num_candidates": cfgs["caption"].num_candidates, "length_schedule": cfgs["caption"].length_schedule,
               "mean_max_tokens": sum(cfgs["caption"].max_lengths) / len(cfgs["caption"].max_lengths),
               "memory_how": "torch.cuda.max_memory_allocated during the stage's calls (all four models resident)"
               if args.device.startswith("cuda") else "process peak RSS (ru_maxrss) so far; the reference's includes "
               "the fast run's"}
 
-    stages, result["load_s"] = load_stages(cfgs, args, sync)
-    warmup = synthetic_images(args.warmup_images, args.seed, "warmup")
-    print(f"warm-up: {len(warmup[0])} image(s), untimed", flush=True)
-    batch = new_batch(*warmup)
-    for fn in stages.values():
-        batch.update(fn(batch))
-    sync()
-
-    images, keys = synthetic_images(args.images, args.seed, "bench")
-    result["timed"] = time_stages(stages, images, keys, args.batch_size, args.device)
-    print(f"counting FLOPs on {args.flop_images} image(s) ...", flush=True)
-    result["flops_per_image"] = count_flops(stages, images[: args.flop_images], keys[: args.flop_images])
-    if args.profile:
-        profile_batch(stages, images[: args.batch_size], keys[: args.batch_size], args.device, args.profile)
-    del stages, batch
-    free_memory(args.device)
-
-    if args.reference_images:
-        ref = time_reference(cfgs, images[: args.reference_images], keys[: args.reference_images], args.device)
-        result["reference"] = ref
-        fast = result["timed"]["images"] / sum(result["timed"]["seconds"].values())
-        result["ratio"] = fast / (ref["images"] / ref["seconds"])
-    print_report(result)
+    if args.captioner:
+        compare_captioners(cfgs, args, sync, result)
+        print_captioner_report(result)
+    else:
+        run_recipe(cfgs, args, sync, result)
+        print_report(result)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
 
