@@ -5,7 +5,8 @@
 #
 # 1. the tests that also run on CUDA (their `cuda` parametrisations; on a CPU-only machine they are skipped);
 # 2. a tiny end-to-end build on the GPU (the bundled sample: embedded images, no network);
-# 3. bench/recipe.py at real model sizes (random weights, built offline) with --profile, precision auto and bf16.
+# 3. bench/recipe.py at real model sizes (random weights, built offline) with --profile, precision auto and bf16;
+# 4. the other captioner families against BLIP-large at real size (bench/recipe.py --captioner), 8 candidates.
 # Then one summary: each step's result and time, and the benchmark's end-to-end figures. Logs, the build's
 # output, the benchmark JSON and the profiler trace go to OUT_DIR (default: a new temporary folder).
 set -uo pipefail
@@ -40,6 +41,8 @@ for precision in auto bf16; do
     step "recipe-$precision" "$python" bench/recipe.py --device cuda --images "$images" --precision "$precision" \
         --profile "$out/profile-$precision" --json "$out/recipe-$precision.json"
 done
+step captioners "$python" bench/recipe.py --device cuda --captioner git,smolvlm,qwen2_vl --images 16 \
+    --batch_size 8 --num_candidates 8
 
 echo
 echo "== summary ($out)"
