@@ -8,8 +8,11 @@ that token, so `generate`'s own sampling can only pick it. The model's generatio
 end, start and padding tokens alone, so nothing else filters the logits first.
 
 Rows go through `generate` in groups of equal input shape (prompt length, image patches): no padding, so a row's
-candidates never depend on which rows share its batch. Each image's inputs are expanded to one row per candidate
-by `generate` itself, so the image is encoded once per candidate (BLIP's fast path encodes it once per image).
+candidates never depend on which rows share its batch. `generate` expands each image's inputs to one row per
+candidate. Where the image is placeholder tokens of the prompt (Qwen2-VL, SmolVLM, LLaVA, PaliGemma) the prompt is
+run once per image and its cache copied to the candidates (`GenericSampler._prefilled`); GIT re-encodes the image
+for every candidate (BLIP-2 and InstructBLIP encode it once and re-run only its query tokens; Florence-2 encodes
+once, as every encoder-decoder in `generate`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ if TYPE_CHECKING:  # the caption stage imports this module when its model loads;
 
 MEMORY_PROBE_SIDE = 1344  # the square image whose input length sizes batches: big images arrive 1344 px on
 # their short side (the fetch stage's default --resize_min_side); the batcher halves a batch that still runs out
+PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")  # one entry per token
 STRUCTURAL_GENERATION_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
 
 
@@ -137,7 +141,8 @@ class GenericSampler:
         prefill = prompt_len * (4 * text.hidden_size + 2 * getattr(text, "intermediate_size", 4 * text.hidden_size))
         cache = layers * 2 * positions * kv_width * head_dim
         sampling_bytes = text.vocab_size * 40
-        return self.cfg.num_candidates * ((prefill + cache) * width + sampling_bytes)
+        prefills = 1 if self.family.prefill_once else self.cfg.num_candidates
+        return (prefills * prefill + self.cfg.num_candidates * cache) * width + self.cfg.num_candidates * sampling_bytes
 
     def inputs(self, image) -> dict[str, torch.Tensor]:
         """The processor's inputs for one image and the prompt (through the chat template for chat models).
@@ -156,8 +161,7 @@ class GenericSampler:
                  if isinstance(value, torch.Tensor) and key in self.accepted}
         sep = getattr(self.tokenizer, "sep_token_id", None)
         if not self.model.config.is_encoder_decoder and sep is not None and batch["input_ids"][0, -1] == sep:
-            batch = {key: value[:, :-1] if key in ("input_ids", "attention_mask", "token_type_ids") else value
-                     for key, value in batch.items()}
+            batch = {key: value[:, :-1] if key in PER_TOKEN_INPUTS else value for key, value in batch.items()}
         return batch
 
     @torch.inference_mode()
@@ -167,7 +171,7 @@ class GenericSampler:
         groups: dict[tuple, list[int]] = {}
         for i, batch in enumerate(per_image):
             shapes = tuple((key, tuple(value.shape[1:])) for key, value in sorted(batch.items()))
-            groups.setdefault(shapes, []).append(i)
+            groups.setdefault((i,) if self.family.prefill_once else shapes, []).append(i)
         found: list[list[list[int]]] = [[] for _ in images]
         for members in groups.values():
             batch = {key: torch.cat([per_image[i][key] for i in members]) for key in per_image[members[0]]}
@@ -185,10 +189,22 @@ class GenericSampler:
         sampler = RecipeSampler(self.cfg, uniforms, max_lengths, self.eos)
         inputs = {key: value.to(self.device, self.model.dtype if value.is_floating_point() else None)
                   for key, value in batch.items()}
+        if self.family.prefill_once:
+            inputs = self._prefilled(inputs)
         self.model.generate(**inputs, do_sample=True, top_k=0, num_return_sequences=n, eos_token_id=self.eos,
                             pad_token_id=self.pad, max_new_tokens=self.num_steps + 1,
                             logits_processor=LogitsProcessorList([sampler]))
         return [sampler.tokens[i * n : (i + 1) * n] for i in range(len(row_keys))]
+
+    def _prefilled(self, inputs: dict[str, torch.Tensor]) -> dict:
+        """One image's prompt, all but its last token, run once (the image encoded once), its cache copied to every
+        candidate: `generate`'s inputs then, which go on from that cache with the last token. For models whose
+        image is placeholder tokens of the prompt; one image per call, since the multimodal positions a prefill
+        stores (Qwen2-VL's rope deltas) are per prefill row."""
+        prefix = {key: value[:, :-1] if key in PER_TOKEN_INPUTS else value for key, value in inputs.items()}
+        cache = self.model(**prefix, use_cache=True).cache
+        cache.batch_repeat_interleave(self.cfg.num_candidates)
+        return {"cache": cache, **{key: value for key, value in inputs.items() if key in PER_TOKEN_INPUTS}}
 
     def __call__(self, images: list, row_keys: list[str]) -> list[list[str]]:
         return [unique_texts(self.tokenizer, ids) for ids in self.candidate_ids(images, row_keys)]

@@ -163,6 +163,24 @@ def test_sub_batches_sized_to_free_memory_give_the_same_candidates(model_cache, 
     assert sizes == [2] * (NUM_PHOTOS // 2)
 
 
+def test_a_chat_models_prompt_runs_once_for_all_its_candidates(model_cache, photos):
+    """Qwen2-VL's image is placeholder tokens of its prompt: the prompt (image included) runs through the language
+    model once per image and its cache is copied to the candidates, instead of once per candidate."""
+    folder = build_tiny_captioner("qwen2_vl", model_cache, peaked=True)
+    sampler = _sampler("qwen2_vl", _config(folder, length_schedule=SHORT))
+    prompt_tokens = []  # tokens of every language-model call that ran more than one position
+
+    def count_prompt_tokens(module, args, kwargs, out):
+        rows, positions = kwargs["inputs_embeds"].shape[:2]
+        if positions > 1:
+            prompt_tokens.append(rows * positions)
+
+    sampler.model.model.language_model.register_forward_hook(count_prompt_tokens, with_kwargs=True)
+    sampler.candidate_ids(photos[1], photos[0])
+    lengths = [sampler.inputs(image)["input_ids"].shape[1] for image in photos[1]]
+    assert prompt_tokens == [length - 1 for length in lengths]  # the last prompt token starts each candidate
+
+
 def test_half_precision_reaches_the_model_and_its_inputs(model_cache, photos):
     folder = build_tiny_captioner("qwen2_vl", model_cache, peaked=True)
     sampler = GenericSampler(_config(folder), family_of("qwen2_vl"), torch.device("cpu"), torch.bfloat16)
