@@ -257,30 +257,20 @@ def _mean_head_input(model: PreTrainedModel, processor: ProcessorMixin, model_ty
         for i, angle in enumerate((0, 45, 90, 135)):
             bands = (gradient.rotate(angle), gradient.rotate(angle + 90), gradient.rotate(angle + 180))
             image = Image.merge("RGB", bands).resize((48 + 8 * i, 40))
-            inputs = caption_inputs(processor, model_type, [image])
+            inputs = caption_inputs(processor, model, model_type, image)
             model.generate(**inputs, max_new_tokens=8, min_new_tokens=8, do_sample=False)
     finally:
         hook.remove()
     return torch.cat(seen).mean(0)
 
 
-def caption_inputs(processor: ProcessorMixin, model_type: str, images: list) -> dict:
-    """The processor's inputs that start a caption of each image with the family's own prompt
-    (`map_fns.captioners`); `generate` returns these `input_ids` followed by the new tokens."""
-    import torch
+def caption_inputs(processor: ProcessorMixin, model: PreTrainedModel, model_type: str, image) -> dict:
+    """The inputs the caption stage gives `model` for `image` with the family's own prompt
+    (`map_fns.generate_decode.prompt_inputs`); `generate` returns these `input_ids` followed by the new tokens."""
+    from map_fns.generate_decode import prompt_inputs
 
-    prompt = family_of(model_type).prompt
-    if model_type == "qwen2_vl":
-        message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-        chat = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-        return processor(images=images, text=[chat] * len(images), return_tensors="pt", padding=True)
-    if model_type == "blip-2":
-        return processor(images=images, text=[prompt] * len(images), return_tensors="pt")
-    # GIT: the processor's text would end in [SEP], which ends a caption; the decoder starts at [CLS]
-    inputs = processor(images=images, return_tensors="pt")
-    prompt_ids = [processor.tokenizer.cls_token_id, *processor.tokenizer(prompt, add_special_tokens=False).input_ids]
-    inputs["input_ids"] = torch.tensor([prompt_ids] * len(images))
-    return inputs
+    family = family_of(model_type)
+    return prompt_inputs(processor, model, family, family.prompt, image)
 
 
 _BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, ProcessorMixin]]] = {

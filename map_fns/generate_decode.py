@@ -69,6 +69,27 @@ def forward_inputs(model) -> set[str]:
             if parameter.kind is not inspect.Parameter.VAR_KEYWORD}
 
 
+def prompt_inputs(processor, model, family: CaptionerFamily, prompt: str, image) -> dict[str, torch.Tensor]:
+    """The processor's inputs for one image and the prompt (through the chat template for chat models).
+
+    Only tensors the model's generate takes are kept (BERT tokenizers add token_type_ids, which GIT refuses).
+    A decoder-only model continues its input, so an end-of-input token the tokenizer appends (BERT's [SEP],
+    e.g. GIT's) is dropped: it would end the caption before it starts.
+    """
+    if family.chat:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        batch = processor(images=[[image]], text=[text], return_tensors="pt")
+    else:
+        batch = processor(images=[image], text=[prompt], return_tensors="pt")
+    accepted = forward_inputs(model)
+    batch = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor) and key in accepted}
+    sep = getattr(processor.tokenizer, "sep_token_id", None)
+    if not model.config.is_encoder_decoder and sep is not None and batch["input_ids"][0, -1] == sep:
+        batch = {key: value[:, :-1] if key in PER_TOKEN_INPUTS else value for key, value in batch.items()}
+    return batch
+
+
 class RecipeSampler(LogitsProcessor):
     """The recipe's rules for one `generate` call whose rows are (image, candidate) pairs, image-major.
 
@@ -121,7 +142,6 @@ class GenericSampler:
         pad = self.model.generation_config.pad_token_id
         self.pad = pad if pad is not None else self.eos[0]  # what `generate` appends to a finished candidate
         self.num_steps = max(cfg.max_lengths)
-        self.accepted = forward_inputs(self.model)
 
     def bytes_per_image(self) -> int:
         """Rough working memory of one image's candidates: their prompt's activations at prefill, their caches
@@ -145,24 +165,7 @@ class GenericSampler:
         return (prefills * prefill + self.cfg.num_candidates * cache) * width + self.cfg.num_candidates * sampling_bytes
 
     def inputs(self, image) -> dict[str, torch.Tensor]:
-        """The processor's inputs for one image and the prompt (through the chat template for chat models).
-
-        Only tensors the model's forward takes are kept (BERT tokenizers add token_type_ids, which GIT refuses).
-        A decoder-only model continues its input, so an end-of-input token the tokenizer appends (BERT's [SEP],
-        e.g. GIT's) is dropped: it would end the caption before it starts.
-        """
-        if self.family.chat:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": self.prompt}]}]
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            batch = self.processor(images=[[image]], text=[text], return_tensors="pt")
-        else:
-            batch = self.processor(images=[image], text=[self.prompt], return_tensors="pt")
-        batch = {key: value for key, value in batch.items()
-                 if isinstance(value, torch.Tensor) and key in self.accepted}
-        sep = getattr(self.tokenizer, "sep_token_id", None)
-        if not self.model.config.is_encoder_decoder and sep is not None and batch["input_ids"][0, -1] == sep:
-            batch = {key: value[:, :-1] if key in PER_TOKEN_INPUTS else value for key, value in batch.items()}
-        return batch
+        return prompt_inputs(self.processor, self.model, self.family, self.prompt, image)
 
     @torch.inference_mode()
     def candidate_ids(self, images: list, row_keys: list[str]) -> list[list[list[int]]]:

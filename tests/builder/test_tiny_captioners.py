@@ -44,6 +44,11 @@ def _load(folder: str):
     return AutoProcessor.from_pretrained(folder), load_trained(AutoModelForImageTextToText, folder, "captioner")
 
 
+def _stacked(per_image: list[dict]) -> dict:
+    """Inputs of images of one shape as one batch."""
+    return {key: torch.cat([inputs[key] for inputs in per_image]) for key in per_image[0]}
+
+
 def _eos(model) -> list[int]:
     eos = model.generation_config.eos_token_id
     return eos if isinstance(eos, list) else [eos]
@@ -58,7 +63,7 @@ def test_loads_through_the_auto_classes_and_generates_per_image(cache, photos, m
     assert type(model) is model_class and type(processor.tokenizer) is tokenizer_class
     assert model.config.model_type == model_type
 
-    inputs = caption_inputs(processor, model_type, photos[:2])
+    inputs = _stacked([caption_inputs(processor, model, model_type, photo) for photo in photos[:2]])
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
         logits = model(**inputs).logits[:, -1]
@@ -124,12 +129,14 @@ def test_qwen2_vl_chat_prompt_holds_the_image_and_its_length_follows_the_shape(c
 def _rollout_figures(model_type: str, folder: str, photos: list[Image.Image], steps: int = 8) -> dict:
     """Greedy rollouts (EOS held back) on all photographs at once: raw next-token probabilities at every step."""
     processor, model = _load(folder)
-    processor.tokenizer.padding_side = "left"  # Qwen2-VL prompts differ in length with the photograph's shape
-    inputs = caption_inputs(processor, model_type, photos)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-                             output_logits=True, return_dict_in_generate=True)
-    probs = torch.stack(out.logits, 1).float().softmax(-1)  # image, step, token
+    logits = []
+    for photo in photos:  # one at a time: Qwen2-VL prompts differ in length with the photograph's shape
+        with torch.no_grad():
+            out = model.generate(**caption_inputs(processor, model, model_type, photo), max_new_tokens=steps,
+                                 min_new_tokens=steps, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True)
+        logits.append(torch.stack(out.logits, 1))
+    probs = torch.cat(logits).float().softmax(-1)  # image, step, token
     eos_probs = probs[..., _eos(model)[0]]
     return {"mean_max_prob": probs.max(-1).values.mean().item(), "eos_steps": int((eos_probs > EOS_THRESHOLD).sum()),
             "first_tokens": len(set(probs[:, 0].argmax(-1).tolist()))}
