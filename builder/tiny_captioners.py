@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # torch and transformers load only when a model is actually b
     from transformers import BertTokenizer, PreTrainedModel, ProcessorMixin
 
 TINY_FAMILIES = ("blip-2", "git", "qwen2_vl")
+MORE_TINY_FAMILIES = ("instructblip", "florence2")  # built and tested plainly (no `peaked`)
 IMAGE_SIZE = 32  # BLIP-2's and GIT's fixed input size; Qwen2-VL resizes each image within QWEN_PIXELS
 QWEN_PIXELS = (28 * 28 * 2, 28 * 28 * 6)  # min, max pixels: 2-6 image tokens, more for a wide image than a tall one
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -174,6 +175,67 @@ def _tiny_qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
     return model, processor
 
 
+def _tiny_instructblip() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """InstructBLIP as Salesforce/instructblip-flan-t5-*: a Flan-T5 (encoder-decoder) language model with T5's
+    Unigram tokenizer, and a Q-Former that reads the prompt too, through its own BERT WordPiece tokenizer."""
+    from transformers import (BlipImageProcessor, InstructBlipConfig, InstructBlipForConditionalGeneration,
+                              InstructBlipProcessor)
+
+    from builder.tiny_models import _t5_tokenizer
+
+    tokenizer = _t5_tokenizer()
+    num_query_tokens = 4
+    processor = InstructBlipProcessor(image_processor=BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+                                      tokenizer=tokenizer, qformer_tokenizer=_wordpiece_tokenizer(),
+                                      num_query_tokens=num_query_tokens)  # adds `<image>` to the tokenizer
+    config = InstructBlipConfig(
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        qformer_config=dict(vocab_size=len(processor.qformer_tokenizer), hidden_size=32, intermediate_size=64,
+                            num_hidden_layers=2, num_attention_heads=2, encoder_hidden_size=32,
+                            cross_attention_frequency=1),
+        text_config=dict(model_type="t5", vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=2, num_heads=2,
+                         d_kv=16, decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id),
+        num_query_tokens=num_query_tokens,
+        image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token.content),
+    )
+    model = InstructBlipForConditionalGeneration(config).eval()
+    _set_generation_ids(model, bos=tokenizer.pad_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    return model, processor
+
+
+def _tiny_florence2() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """Florence-2 as florence-community/Florence-2-*: a DaViT vision tower (stride 32: a 64-px image gives 2x2 visual
+    tokens and their mean), a BART encoder-decoder with BART's byte-level BPE, and `<image>` placeholders that the
+    processor puts before the question it makes of a task token (`<CAPTION>`: "What does the image describe?")."""
+    from transformers import BartTokenizer, CLIPImageProcessor, Florence2Config, Florence2ForConditionalGeneration, \
+        Florence2Processor
+
+    vocab, merges = _byte_level_bpe(["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = BartTokenizer(vocab=vocab, merges=merges, extra_special_tokens={"image_token": "<image>"},
+                              model_max_length=512)
+    side = 2 * IMAGE_SIZE
+    image_processor = CLIPImageProcessor(size={"height": side, "width": side}, do_center_crop=False,
+                                         image_seq_length=(side // 32) ** 2 + 1)
+    processor = Florence2Processor(image_processor=image_processor, tokenizer=tokenizer)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<s>", "<pad>", "</s>")}
+    config = Florence2Config(
+        vision_config=dict(depths=(1, 1, 1, 1), embed_dim=(8, 16, 32, 32), num_heads=(1, 2, 2, 2),
+                           num_groups=(1, 2, 2, 2), window_size=2, drop_path_rate=0.0, projection_dim=32,
+                           max_position_embeddings=8, max_temporal_embeddings=4),
+        text_config=dict(model_type="bart", vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
+                         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                         max_position_embeddings=128, bos_token_id=ids["<s>"], pad_token_id=ids["<pad>"],
+                         eos_token_id=ids["</s>"], decoder_start_token_id=ids["</s>"]),
+        image_token_id=tokenizer.image_token_id,
+    )
+    model = Florence2ForConditionalGeneration(config).eval()
+    _set_generation_ids(model, bos=ids["<s>"], eos=ids["</s>"], pad=ids["<pad>"])
+    model.generation_config.decoder_start_token_id = ids["</s>"]
+    return model, processor
+
+
 def _set_generation_ids(model: PreTrainedModel, *, bos: int, eos: int | list[int], pad: int) -> None:
     """The special ids `generate` reads, as the real checkpoint's generation_config.json lists them."""
     model.generation_config.bos_token_id = bos
@@ -287,4 +349,6 @@ _BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "blip-2": _tiny_blip2,
     "git": _tiny_git,
     "qwen2_vl": _tiny_qwen2_vl,
+    "instructblip": _tiny_instructblip,
+    "florence2": _tiny_florence2,
 }
