@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch and transformers load only when a model is actually b
     from transformers import BertTokenizer, PreTrainedModel, ProcessorMixin
 
 TINY_FAMILIES = ("blip-2", "git", "qwen2_vl")
-MORE_TINY_FAMILIES = ("instructblip", "florence2")  # built and tested plainly (no `peaked`)
+MORE_TINY_FAMILIES = ("instructblip", "florence2", "paligemma")  # built and tested plainly (no `peaked`)
 IMAGE_SIZE = 32  # BLIP-2's and GIT's fixed input size; Qwen2-VL resizes each image within QWEN_PIXELS
 QWEN_PIXELS = (28 * 28 * 2, 28 * 28 * 6)  # min, max pixels: 2-6 image tokens, more for a wide image than a tall one
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -74,6 +74,23 @@ def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tup
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(caption_corpus(), trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    return model["vocab"], [tuple(merge) for merge in model["merges"]]
+
+
+def _metaspace_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A SentencePiece-style BPE (vocab, merges) as Gemma's: words start with `▁`, with byte-fallback pieces
+    `<0x00>`..`<0xFF>`, trained on the caption corpus; `special_tokens` get ids 0..n-1."""
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.Replace(" ", "▁")
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")  # merges stay within words
+    byte_pieces = [f"<0x{byte:02X}>" for byte in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=special_tokens + byte_pieces)
     bpe.train_from_iterator(caption_corpus(), trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
@@ -236,6 +253,34 @@ def _tiny_florence2() -> tuple[PreTrainedModel, ProcessorMixin]:
     return model, processor
 
 
+def _tiny_paligemma() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """PaliGemma as google/paligemma-*: a SigLIP vision tower whose 16 patches become 16 `<image>` tokens before
+    `<bos>`, the prompt and a newline (the processor's layout), a Gemma decoder with Gemma's BPE, EOS `<eos>`."""
+    from transformers import GemmaTokenizer, PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, \
+        SiglipImageProcessor
+
+    vocab, merges = _metaspace_bpe(["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"])
+    tokenizer = GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=512)
+    patch_size = 8
+    image_seq_length = (IMAGE_SIZE // patch_size) ** 2
+    image_processor = SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                           image_seq_length=image_seq_length)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)  # adds `<image>`
+    config = PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", image_size=IMAGE_SIZE, patch_size=patch_size,
+                           hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           projection_dim=32),
+        text_config=dict(model_type="gemma", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                         max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        image_token_id=processor.image_token_id, projection_dim=32,
+    )
+    model = PaliGemmaForConditionalGeneration(config).eval()
+    _set_generation_ids(model, bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id, pad=tokenizer.pad_token_id)
+    return model, processor
+
+
 def _set_generation_ids(model: PreTrainedModel, *, bos: int, eos: int | list[int], pad: int) -> None:
     """The special ids `generate` reads, as the real checkpoint's generation_config.json lists them."""
     model.generation_config.bos_token_id = bos
@@ -351,4 +396,5 @@ _BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "qwen2_vl": _tiny_qwen2_vl,
     "instructblip": _tiny_instructblip,
     "florence2": _tiny_florence2,
+    "paligemma": _tiny_paligemma,
 }
