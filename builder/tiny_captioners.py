@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch and transformers load only when a model is actually b
     from transformers import BertTokenizer, PreTrainedModel, ProcessorMixin
 
 TINY_FAMILIES = ("blip-2", "git", "qwen2_vl")
-MORE_TINY_FAMILIES = ("instructblip", "florence2", "paligemma")  # built and tested plainly (no `peaked`)
+MORE_TINY_FAMILIES = ("instructblip", "florence2", "paligemma", "smolvlm")  # built and tested plainly (no `peaked`)
 IMAGE_SIZE = 32  # BLIP-2's and GIT's fixed input size; Qwen2-VL resizes each image within QWEN_PIXELS
 QWEN_PIXELS = (28 * 28 * 2, 28 * 28 * 6)  # min, max pixels: 2-6 image tokens, more for a wide image than a tall one
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -40,6 +40,18 @@ QWEN2_VL_CHAT_TEMPLATE = (
     "{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SMOLVLM_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<end_of_utterance>", "<fake_token_around_image>", "<image>",
+                          "<global-img>", *(f"<row_{row}_col_{col}>" for row in (1, 2) for col in (1, 2)))
+# SmolVLM's own chat template, images only: "User:<image>prompt<end_of_utterance>", then "Assistant:"
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}"
+    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
+    "{% for line in message['content'] %}"
+    "{% if line['type'] == 'text' %}{{ line['text'] }}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
 
@@ -281,6 +293,42 @@ def _tiny_paligemma() -> tuple[PreTrainedModel, ProcessorMixin]:
     return model, processor
 
 
+def _tiny_smolvlm() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """SmolVLM as HuggingFaceTB/SmolVLM-*-Instruct: SmolLM's byte-level BPE with its image and turn tokens, the chat
+    template, and image splitting: an image up to 64 px is cut into 32-px tiles (as many as its shape needs, each
+    4 `<image>` tokens after pixel shuffle) plus the whole image, so the prompt's length follows the shape."""
+    from transformers import (GPT2Tokenizer, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor,
+                              SmolVLMProcessor, SmolVLMVideoProcessor)
+
+    vocab, merges = _byte_level_bpe(["<|endoftext|>"])
+    tokenizer = GPT2Tokenizer(vocab=vocab, merges=merges, bos_token="<|im_start|>", eos_token="<end_of_utterance>",
+                              unk_token="<|endoftext|>", pad_token="<|im_end|>",
+                              extra_special_tokens=list(SMOLVLM_SPECIAL_TOKENS), model_max_length=512)
+    patch_size, scale_factor = 8, 2
+    tile = {"longest_edge": IMAGE_SIZE}
+    processor = SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessor(size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size=tile),
+        video_processor=SmolVLMVideoProcessor(size={"longest_edge": 2 * IMAGE_SIZE}, max_image_size=tile),
+        tokenizer=tokenizer,
+        image_seq_len=(IMAGE_SIZE // patch_size) ** 2 // scale_factor**2,
+        chat_template=SMOLVLM_CHAT_TEMPLATE,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<|im_start|>", "<|im_end|>",
+                                                                       "<end_of_utterance>", "<image>")}
+    config = SmolVLMConfig(
+        vision_config=dict(image_size=IMAGE_SIZE, patch_size=patch_size, hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=2),
+        text_config=dict(model_type="llama", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=512, bos_token_id=ids["<|im_start|>"],
+                         eos_token_id=ids["<end_of_utterance>"], pad_token_id=ids["<|im_end|>"]),
+        scale_factor=scale_factor, image_token_id=ids["<image>"],
+    )
+    model = SmolVLMForConditionalGeneration(config).eval()
+    _set_generation_ids(model, bos=ids["<|im_start|>"], eos=ids["<end_of_utterance>"], pad=ids["<|im_end|>"])
+    return model, processor
+
+
 def _set_generation_ids(model: PreTrainedModel, *, bos: int, eos: int | list[int], pad: int) -> None:
     """The special ids `generate` reads, as the real checkpoint's generation_config.json lists them."""
     model.generation_config.bos_token_id = bos
@@ -397,4 +445,5 @@ _BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "instructblip": _tiny_instructblip,
     "florence2": _tiny_florence2,
     "paligemma": _tiny_paligemma,
+    "smolvlm": _tiny_smolvlm,
 }
