@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch and transformers load only when a model is actually b
     from transformers import BertTokenizer, PreTrainedModel, ProcessorMixin
 
 TINY_FAMILIES = ("blip-2", "git", "qwen2_vl")
-MORE_TINY_FAMILIES = ("instructblip", "florence2", "paligemma", "smolvlm")  # built and tested plainly (no `peaked`)
+MORE_TINY_FAMILIES = ("instructblip", "florence2", "paligemma", "smolvlm", "llava")  # built and tested plainly (no `peaked`)
 IMAGE_SIZE = 32  # BLIP-2's and GIT's fixed input size; Qwen2-VL resizes each image within QWEN_PIXELS
 QWEN_PIXELS = (28 * 28 * 2, 28 * 28 * 6)  # min, max pixels: 2-6 image tokens, more for a wide image than a tall one
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -52,6 +52,16 @@ SMOLVLM_CHAT_TEMPLATE = (
     "{% if line['type'] == 'text' %}{{ line['text'] }}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}"
     "{% endfor %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+# llava-hf/llava-interleave-qwen-*'s chat template, images only: ChatML turns, each image an `<image>` line
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<image>\n{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 
@@ -329,6 +339,35 @@ def _tiny_smolvlm() -> tuple[PreTrainedModel, ProcessorMixin]:
     return model, processor
 
 
+def _tiny_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
+    """LLaVA as llava-hf/llava-interleave-qwen-*: a SigLIP vision tower whose 16 patches (all kept: strategy "full")
+    replace the chat prompt's `<image>`, a projector, and a Qwen2 decoder with Qwen2's BPE and ChatML turns."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Tokenizer, \
+        SiglipImageProcessor
+
+    vocab, merges = _byte_level_bpe([])
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=["<|im_start|>", "<|im_end|>", "<image>"],
+                               model_max_length=512)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<|endoftext|>", "<|im_end|>", "<image>")}
+    patch_size = 8
+    processor = LlavaProcessor(image_processor=SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
+                               tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="full",
+                               chat_template=LLAVA_CHAT_TEMPLATE)
+    config = LlavaConfig(
+        vision_config=dict(model_type="siglip_vision_model", image_size=IMAGE_SIZE, patch_size=patch_size,
+                           hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2),
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                         max_position_embeddings=512, bos_token_id=ids["<|endoftext|>"],
+                         eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
+        image_token_id=ids["<image>"], vision_feature_select_strategy="full", vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config).eval()
+    _set_generation_ids(model, bos=ids["<|endoftext|>"], eos=[ids["<|im_end|>"], ids["<|endoftext|>"]],
+                        pad=ids["<|endoftext|>"])
+    return model, processor
+
+
 def _set_generation_ids(model: PreTrainedModel, *, bos: int, eos: int | list[int], pad: int) -> None:
     """The special ids `generate` reads, as the real checkpoint's generation_config.json lists them."""
     model.generation_config.bos_token_id = bos
@@ -446,4 +485,5 @@ _BUILDERS: dict[str, Callable[[], tuple[PreTrainedModel, ProcessorMixin]]] = {
     "florence2": _tiny_florence2,
     "paligemma": _tiny_paligemma,
     "smolvlm": _tiny_smolvlm,
+    "llava": _tiny_llava,
 }
