@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch and transformers load only when a model is actually b
     from transformers import BertTokenizer, PreTrainedModel, ProcessorMixin
 
 TINY_FAMILIES = ("blip-2", "git", "qwen2_vl")
-MORE_TINY_FAMILIES = ("instructblip", "florence2", "paligemma", "smolvlm", "llava")  # built and tested plainly (no `peaked`)
+MORE_TINY_FAMILIES = ("instructblip", "florence2", "paligemma", "smolvlm", "llava")  # plain builds only, no `peaked`
 IMAGE_SIZE = 32  # BLIP-2's and GIT's fixed input size; Qwen2-VL resizes each image within QWEN_PIXELS
 QWEN_PIXELS = (28 * 28 * 2, 28 * 28 * 6)  # min, max pixels: 2-6 image tokens, more for a wide image than a tall one
 QWEN_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
@@ -72,7 +72,10 @@ def build_tiny_captioner(model_type: str, cache_dir: str | Path, *, peaked: bool
     likely EOS at some steps (see `_peak`), so that the recipe's sampling rules fire on it.
     """
     if model_type not in _BUILDERS:
-        raise ValueError(f"no tiny captioner of model_type {model_type!r} (tiny ones: {', '.join(TINY_FAMILIES)})")
+        raise ValueError(f"no tiny captioner of model_type {model_type!r} "
+                         f"(tiny ones: {', '.join(TINY_FAMILIES + MORE_TINY_FAMILIES)})")
+    if peaked and model_type not in _PEAKING:
+        raise ValueError(f"no peaked tiny captioner of model_type {model_type!r} (peaked ones: {', '.join(_PEAKING)})")
     target = Path(cache_dir).resolve() / VERSION_DIR / f"captioner-{model_type}{'-peaked' if peaked else ''}"
     _build_once(target, lambda out: _save(out, model_type, peaked))
     return str(target)
@@ -214,28 +217,42 @@ def _tiny_qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
     return model, processor
 
 
+def _t5_unigram_tokenizer():
+    """T5's Unigram tokenizer (`<pad>` 0, `</s>` 1, `<unk>` 2) over every corpus word whole (`▁word`) and each of their
+    characters, with or without `▁`, so any lowercase word encodes. Listed, not trained: tokenizers' Unigram trainer
+    returns another vocabulary on some calls, which would make the build irreproducible."""
+    from transformers import T5Tokenizer
+
+    words = sorted({word for sentence in caption_corpus() for word in sentence.split()})
+    characters = sorted(set("".join(words)))
+    pieces = [(f"▁{word}", -5.0) for word in words] + [(f"▁{c}", -10.0) for c in characters] + \
+        [(c, -10.0) for c in characters]
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    return T5Tokenizer(vocab=specials + list(dict(pieces).items()), extra_ids=0, model_max_length=512)
+
+
 def _tiny_instructblip() -> tuple[PreTrainedModel, ProcessorMixin]:
     """InstructBLIP as Salesforce/instructblip-flan-t5-*: a Flan-T5 (encoder-decoder) language model with T5's
     Unigram tokenizer, and a Q-Former that reads the prompt too, through its own BERT WordPiece tokenizer."""
     from transformers import (BlipImageProcessor, InstructBlipConfig, InstructBlipForConditionalGeneration,
                               InstructBlipProcessor)
 
-    from builder.tiny_models import _t5_tokenizer
-
-    tokenizer = _t5_tokenizer()
+    tokenizer = _t5_unigram_tokenizer()
     num_query_tokens = 4
     processor = InstructBlipProcessor(image_processor=BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
                                       tokenizer=tokenizer, qformer_tokenizer=_wordpiece_tokenizer(),
                                       num_query_tokens=num_query_tokens)  # adds `<image>` to the tokenizer
     config = InstructBlipConfig(
         vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=2),
+                           num_hidden_layers=2, num_attention_heads=2,
+                           initializer_range=0.02),  # the default 1e-10 maps every image alike
         qformer_config=dict(vocab_size=len(processor.qformer_tokenizer), hidden_size=32, intermediate_size=64,
                             num_hidden_layers=2, num_attention_heads=2, encoder_hidden_size=32,
                             cross_attention_frequency=1),
         text_config=dict(model_type="t5", vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=2, num_heads=2,
                          d_kv=16, decoder_start_token_id=tokenizer.pad_token_id, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id),
+                         eos_token_id=tokenizer.eos_token_id,
+                         initializer_factor=3.0),  # as tiny_models' T5: at 1.0 the image hardly changes the logits
         num_query_tokens=num_query_tokens,
         image_token_index=tokenizer.convert_tokens_to_ids(processor.image_token.content),
     )
@@ -266,7 +283,8 @@ def _tiny_florence2() -> tuple[PreTrainedModel, ProcessorMixin]:
         text_config=dict(model_type="bart", vocab_size=len(tokenizer), d_model=32, encoder_layers=2, decoder_layers=2,
                          encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
                          max_position_embeddings=128, bos_token_id=ids["<s>"], pad_token_id=ids["<pad>"],
-                         eos_token_id=ids["</s>"], decoder_start_token_id=ids["</s>"]),
+                         eos_token_id=ids["</s>"], decoder_start_token_id=ids["</s>"],
+                         init_std=0.2),  # at the default 0.02 the image moves the first logits by ~1e-4
         image_token_id=tokenizer.image_token_id,
     )
     model = Florence2ForConditionalGeneration(config).eval()
@@ -460,19 +478,20 @@ def _mean_head_input(model: PreTrainedModel, processor: ProcessorMixin, model_ty
 
 def caption_inputs(processor: ProcessorMixin, model_type: str, images: list) -> dict:
     """The processor's inputs that start a caption of each image with the family's own prompt
-    (`map_fns.captioners`); `generate` returns these `input_ids` followed by the new tokens."""
+    (`map_fns.captioners`); a decoder-only model's `generate` returns these `input_ids` followed by the new tokens."""
     import torch
 
-    prompt = family_of(model_type).prompt
-    if model_type == "qwen2_vl":
-        message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+    family = family_of(model_type)
+    if family.chat:
+        message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": family.prompt}]}]
         chat = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-        return processor(images=images, text=[chat] * len(images), return_tensors="pt", padding=True)
-    if model_type == "blip-2":
-        return processor(images=images, text=[prompt] * len(images), return_tensors="pt")
+        return processor(images=[[image] for image in images], text=[chat] * len(images), return_tensors="pt",
+                         padding=True)
+    if model_type != "git":
+        return processor(images=images, text=[family.prompt] * len(images), return_tensors="pt")
     # GIT: the processor's text would end in [SEP], which ends a caption; the decoder starts at [CLS]
     inputs = processor(images=images, return_tensors="pt")
-    prompt_ids = [processor.tokenizer.cls_token_id, *processor.tokenizer(prompt, add_special_tokens=False).input_ids]
+    prompt_ids = [processor.tokenizer.cls_token_id, *processor.tokenizer(family.prompt, add_special_tokens=False).input_ids]
     inputs["input_ids"] = torch.tensor([prompt_ids] * len(images))
     return inputs
 
