@@ -239,8 +239,8 @@ def _tiny_instructblip() -> tuple[PreTrainedModel, ProcessorMixin]:
 
     tokenizer = _t5_unigram_tokenizer()
     num_query_tokens = 4
-    processor = InstructBlipProcessor(image_processor=BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
-                                      tokenizer=tokenizer, qformer_tokenizer=_wordpiece_tokenizer(),
+    image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer, qformer_tokenizer=_wordpiece_tokenizer(),
                                       num_query_tokens=num_query_tokens)  # adds `<image>` to the tokenizer
     config = InstructBlipConfig(
         vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
@@ -364,8 +364,8 @@ def _tiny_llava() -> tuple[PreTrainedModel, ProcessorMixin]:
         SiglipImageProcessor
 
     vocab, merges = _byte_level_bpe([])
-    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, extra_special_tokens=["<|im_start|>", "<|im_end|>", "<image>"],
-                               model_max_length=512)
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges, model_max_length=512,
+                               extra_special_tokens=["<|im_start|>", "<|im_end|>", "<image>"])
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in ("<|endoftext|>", "<|im_end|>", "<image>")}
     patch_size = 8
     processor = LlavaProcessor(image_processor=SiglipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}),
@@ -491,7 +491,8 @@ def caption_inputs(processor: ProcessorMixin, model_type: str, images: list) -> 
         return processor(images=images, text=[family.prompt] * len(images), return_tensors="pt")
     # GIT: the processor's text would end in [SEP], which ends a caption; the decoder starts at [CLS]
     inputs = processor(images=images, return_tensors="pt")
-    prompt_ids = [processor.tokenizer.cls_token_id, *processor.tokenizer(family.prompt, add_special_tokens=False).input_ids]
+    prompt_ids = [processor.tokenizer.cls_token_id,
+                  *processor.tokenizer(family.prompt, add_special_tokens=False).input_ids]
     inputs["input_ids"] = torch.tensor([prompt_ids] * len(images))
     return inputs
 
