@@ -240,8 +240,8 @@ def _tiny_instructblip() -> tuple[PreTrainedModel, ProcessorMixin]:
     tokenizer = _t5_unigram_tokenizer()
     num_query_tokens = 4
     image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer, qformer_tokenizer=_wordpiece_tokenizer(),
-                                      num_query_tokens=num_query_tokens)  # adds `<image>` to the tokenizer
+    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                      qformer_tokenizer=_wordpiece_tokenizer(), num_query_tokens=num_query_tokens)  # adds `<image>` to the tokenizer
     config = InstructBlipConfig(
         vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=2,
