@@ -21,7 +21,8 @@ class CaptionerFamily:
     example: a Hub checkpoint of it. prompt: what `--caption_prompt auto` gives it. chat: the prompt is a user
     message put through the processor's chat template (instruction models); otherwise it is text the processor
     takes as is, after the image (or the decoder's prefix, for BLIP and GIT). prefill_once: the image is placeholder
-    tokens of the prompt, which can run once per image and be shared by its candidates (`map_fns.generate_decode`)."""
+    tokens of a causal prompt, which can run once per image and be shared by its candidates
+    (`map_fns.generate_decode`)."""
 
     name: str
     model_types: tuple[str, ...]
@@ -38,7 +39,7 @@ FAMILIES = (
                     "A short image caption:"),
     CaptionerFamily("GIT", ("git",), "microsoft/git-large-coco", ""),
     CaptionerFamily("Florence-2", ("florence2",), "florence-community/Florence-2-large", "<CAPTION>"),
-    CaptionerFamily("PaliGemma", ("paligemma",), "google/paligemma-3b-mix-224", "caption en", prefill_once=True),
+    CaptionerFamily("PaliGemma", ("paligemma",), "google/paligemma-3b-mix-224", "caption en"),
     CaptionerFamily("Qwen2-VL", ("qwen2_vl", "qwen2_5_vl"), "Qwen/Qwen2-VL-2B-Instruct",
                     "Describe this image in one sentence.", chat=True, prefill_once=True),
     CaptionerFamily("SmolVLM", ("smolvlm", "idefics3"), "HuggingFaceTB/SmolVLM-256M-Instruct",

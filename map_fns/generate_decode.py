@@ -9,10 +9,11 @@ end, start and padding tokens alone, so nothing else filters the logits first.
 
 Rows go through `generate` in groups of equal input shape (prompt length, image patches): no padding, so a row's
 candidates never depend on which rows share its batch. `generate` expands each image's inputs to one row per
-candidate. Where the image is placeholder tokens of the prompt (Qwen2-VL, SmolVLM, LLaVA, PaliGemma) the prompt is
-run once per image and its cache copied to the candidates (`GenericSampler._prefilled`); GIT re-encodes the image
-for every candidate (BLIP-2 and InstructBLIP encode it once and re-run only its query tokens; Florence-2 encodes
-once, as every encoder-decoder in `generate`).
+candidate. Where the image is placeholder tokens of a causal prompt (Qwen2-VL, SmolVLM, LLaVA) the prompt is run once per
+image and its cache copied to the candidates (`GenericSampler._prefilled`). PaliGemma's prompt attends both ways
+(a prefix-LM), so it cannot be cut before its last token, and GIT keeps the image outside its prompt: both run
+image and prompt once per candidate. BLIP-2 and InstructBLIP encode the image once and re-run only its query
+tokens; Florence-2 encodes once, as every encoder-decoder in `generate`.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def prompt_inputs(processor, model, family: CaptionerFamily, prompt: str, image)
         batch = processor(images=[[image]], text=[text], return_tensors="pt")
     else:
         batch = processor(images=[image], text=[prompt], return_tensors="pt")
-    accepted = forward_inputs(model)
+    accepted = forward_inputs(model) - {"labels"}  # PaliGemma's processor adds training targets
     batch = {key: value for key, value in batch.items() if isinstance(value, torch.Tensor) and key in accepted}
     sep = getattr(processor.tokenizer, "sep_token_id", None)
     if not model.config.is_encoder_decoder and sep is not None and batch["input_ids"][0, -1] == sep:

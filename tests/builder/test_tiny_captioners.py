@@ -8,16 +8,25 @@ from PIL import Image
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
+    BartTokenizer,
     BertTokenizer,
     Blip2ForConditionalGeneration,
+    Florence2ForConditionalGeneration,
+    GemmaTokenizer,
     GitForCausalLM,
     GPT2Tokenizer,
+    InstructBlipForConditionalGeneration,
+    LlavaForConditionalGeneration,
+    PaliGemmaForConditionalGeneration,
     Qwen2Tokenizer,
     Qwen2VLForConditionalGeneration,
+    SmolVLMForConditionalGeneration,
+    T5Tokenizer,
+    TokenizersBackend,
 )
 
 from builder.source import bundled_sample
-from builder.tiny_captioners import TINY_FAMILIES, build_tiny_captioner, caption_inputs
+from builder.tiny_captioners import MORE_TINY_FAMILIES, TINY_FAMILIES, build_tiny_captioner, caption_inputs
 from builder.tiny_models import VERSION_DIR, caption_corpus
 from map_fns.pretrained import load_trained
 
@@ -25,7 +34,15 @@ EXPECTED_CLASSES = {
     "blip-2": (Blip2ForConditionalGeneration, GPT2Tokenizer),
     "git": (GitForCausalLM, BertTokenizer),
     "qwen2_vl": (Qwen2VLForConditionalGeneration, Qwen2Tokenizer),
+    "instructblip": (InstructBlipForConditionalGeneration, T5Tokenizer),
+    "florence2": (Florence2ForConditionalGeneration, BartTokenizer),
+    "paligemma": (PaliGemmaForConditionalGeneration, GemmaTokenizer),
+    # transformers loads these two families' tokenizers as TokenizersBackend whatever their config names (it
+    # distrusts their Hub checkpoints' tokenizer_class), so the real checkpoints load the same way
+    "smolvlm": (SmolVLMForConditionalGeneration, TokenizersBackend),
+    "llava": (LlavaForConditionalGeneration, TokenizersBackend),
 }
+ALL_FAMILIES = TINY_FAMILIES + MORE_TINY_FAMILIES
 EOS_THRESHOLD = 0.17937666742679637  # the recipe's early stop on raw P(EOS)
 
 
@@ -72,7 +89,25 @@ def test_loads_through_the_auto_classes_and_generates_per_image(cache, photos, m
     assert (logits[0] - logits[1]).abs().max() > 1e-3, "the vision side maps both images alike"
 
 
-@pytest.mark.parametrize("model_type", TINY_FAMILIES)
+@pytest.mark.parametrize("model_type", MORE_TINY_FAMILIES)
+def test_more_families_load_through_the_auto_classes_and_see_the_image(cache, photos, model_type):
+    """One forward on two photographs of different shapes: the real classes, and logits that differ by image."""
+    processor, model = _load(build_tiny_captioner(model_type, cache))  # load_trained raises on any missing weight
+    model_class, tokenizer_class = EXPECTED_CLASSES[model_type]
+    assert type(model) is model_class and type(processor.tokenizer) is tokenizer_class
+    assert model.config.model_type == model_type
+    logits = []
+    for photo in (photos[0], photos[3]):
+        inputs = caption_inputs(processor, model, model_type, photo)
+        if model.config.get_text_config().is_encoder_decoder:  # the caption is the decoder's, from its start token
+            start = model.config.get_text_config(decoder=True).decoder_start_token_id
+            inputs["decoder_input_ids"] = torch.full((1, 1), start)
+        with torch.no_grad():
+            logits.append(model(**inputs).logits[0, -1])
+    assert (logits[0] - logits[1]).abs().max() > 1e-3, "the vision side maps both images alike"
+
+
+@pytest.mark.parametrize("model_type", ALL_FAMILIES)
 def test_a_caption_round_trips_through_the_tokenizer(cache, model_type):
     tokenizer = AutoProcessor.from_pretrained(build_tiny_captioner(model_type, cache)).tokenizer
     sentences = [s for s in caption_corpus() if "," in s and s.endswith(".")][:3] + caption_corpus()[:3]
@@ -82,12 +117,13 @@ def test_a_caption_round_trips_through_the_tokenizer(cache, model_type):
         assert tokenizer.decode(ids) == sentence
 
 
-@pytest.mark.parametrize("model_type", TINY_FAMILIES)
+@pytest.mark.parametrize("model_type", ALL_FAMILIES)
 def test_the_build_is_deterministic(tmp_path, cache, model_type):
     first = Path(build_tiny_captioner(model_type, cache))
     second = Path(build_tiny_captioner(model_type, tmp_path))
-    files = sorted(p.name for p in first.iterdir())
-    assert "model.safetensors" in files and files == sorted(p.name for p in second.iterdir())
+    files = sorted(str(p.relative_to(first)) for p in first.rglob("*") if p.is_file())  # InstructBLIP: subfolder
+    assert "model.safetensors" in files and files == sorted(str(p.relative_to(second)) for p in second.rglob("*")
+                                                            if p.is_file())
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
@@ -95,18 +131,28 @@ def test_the_build_is_deterministic(tmp_path, cache, model_type):
 def test_each_family_stops_where_its_real_checkpoint_does(cache):
     """BLIP-2 (OPT) ends a caption with a newline, not `</s>`; Qwen2-VL with `<|im_end|>` or `<|endoftext|>`."""
     stops = {}
-    for model_type in TINY_FAMILIES:
+    for model_type in ALL_FAMILIES:
         processor, model = _load(build_tiny_captioner(model_type, cache))
         stops[model_type] = processor.tokenizer.convert_ids_to_tokens(_eos(model))
         pad = model.generation_config.pad_token_id
         assert processor.tokenizer.convert_ids_to_tokens(pad) == processor.tokenizer.pad_token
-    assert stops == {"blip-2": ["Ċ"], "git": ["[SEP]"], "qwen2_vl": ["<|im_end|>", "<|endoftext|>"]}
+    assert stops == {"blip-2": ["Ċ"], "git": ["[SEP]"], "qwen2_vl": ["<|im_end|>", "<|endoftext|>"],
+                     "instructblip": ["</s>"], "florence2": ["</s>"], "paligemma": ["<eos>"],
+                     "smolvlm": ["<end_of_utterance>"], "llava": ["<|im_end|>", "<|endoftext|>"]}
 
 
 def test_unknown_model_type_names_itself_and_the_tiny_ones(cache):
-    with pytest.raises(ValueError, match=r"'llava'.*blip-2, git, qwen2_vl"):
-        build_tiny_captioner("llava", cache)
-    assert not (cache / VERSION_DIR / "captioner-llava").exists()
+    with pytest.raises(ValueError, match=r"'mllama'.*blip-2, git, qwen2_vl, instructblip, florence2, paligemma, "
+                                         r"smolvlm, llava\)"):
+        build_tiny_captioner("mllama", cache)
+    assert not (cache / VERSION_DIR / "captioner-mllama").exists()
+
+
+def test_a_family_without_a_peaked_build_says_so(cache):
+    with pytest.raises(ValueError, match=r"no peaked tiny captioner of model_type 'llava' \(peaked ones: blip-2, git, "
+                                         r"qwen2_vl\)"):
+        build_tiny_captioner("llava", cache, peaked=True)
+    assert not (cache / VERSION_DIR / "captioner-llava-peaked").exists()
 
 
 def test_qwen2_vl_chat_prompt_holds_the_image_and_its_length_follows_the_shape(cache):
