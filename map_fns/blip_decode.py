@@ -28,6 +28,11 @@ def load_captioner(name: str, device: torch.device, dtype: torch.dtype = torch.f
     return model.to(device), BlipProcessor.from_pretrained(name)
 
 
+def pixel_values(image_processor, images: list, device):
+    """BLIP's input for `images`: its own image processor, run on `device` (its torchvision backend)."""
+    return image_processor(images, return_tensors="pt", device=device).pixel_values
+
+
 class BlipSampler:
     """Samples every candidate of a batch of images with BLIP: its processor resizes and normalises the images on
     the model's device (the torchvision backend), then `sample_candidate_ids`."""
@@ -45,7 +50,7 @@ class BlipSampler:
         return bytes_per_image(self.model, self.cfg.num_candidates, len(self.prompt_ids) + self.num_steps)
 
     def __call__(self, images: list, row_keys: list[str]) -> list[list[str]]:
-        pixels = self.processor.image_processor(images, return_tensors="pt", device=self.device).pixel_values
+        pixels = pixel_values(self.processor.image_processor, images, self.device)
         uniforms = torch.stack([sampling.row_uniforms(self.cfg.seed, key, self.cfg.num_candidates, self.num_steps)
                                 for key in row_keys])
         ids = sample_candidate_ids(self.model, pixels.to(self.device, self.model.dtype), uniforms, self.cfg,

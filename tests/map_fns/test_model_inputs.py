@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from transformers import BlipImageProcessor
 
 from builder.source import bundled_sample
-from map_fns.caption import pixel_values
+from map_fns.blip_decode import pixel_values
 from map_fns.clip_score import ClipScorer
 from map_fns.fetch import FetchConfig
 from map_fns.images import decode_for_models
