@@ -218,9 +218,9 @@ def _tiny_qwen2_vl() -> tuple[PreTrainedModel, ProcessorMixin]:
 
 
 def _t5_unigram_tokenizer():
-    """T5's Unigram tokenizer (`<pad>` 0, `</s>` 1, `<unk>` 2) over every corpus word whole (`▁word`) and each of their
-    characters, with or without `▁`, so any lowercase word encodes. Listed, not trained: tokenizers' Unigram trainer
-    returns another vocabulary on some calls, which would make the build irreproducible."""
+    """T5's Unigram tokenizer (`<pad>` 0, `</s>` 1, `<unk>` 2) over every corpus word whole (`▁word`) and each of
+    their characters, with or without `▁`, so any lowercase word encodes. Listed, not trained: tokenizers' Unigram
+    trainer returns another vocabulary on some calls, which would make the build irreproducible."""
     from transformers import T5Tokenizer
 
     words = sorted({word for sentence in caption_corpus() for word in sentence.split()})
@@ -240,8 +240,8 @@ def _tiny_instructblip() -> tuple[PreTrainedModel, ProcessorMixin]:
     tokenizer = _t5_unigram_tokenizer()
     num_query_tokens = 4
     image_processor = BlipImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
-    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                      qformer_tokenizer=_wordpiece_tokenizer(), num_query_tokens=num_query_tokens)  # adds `<image>` to the tokenizer
+    processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer,  # adds `<image>` to it
+                                      qformer_tokenizer=_wordpiece_tokenizer(), num_query_tokens=num_query_tokens)
     config = InstructBlipConfig(
         vision_config=dict(image_size=IMAGE_SIZE, patch_size=8, hidden_size=32, intermediate_size=64,
                            num_hidden_layers=2, num_attention_heads=2,

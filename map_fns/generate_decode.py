@@ -7,13 +7,13 @@ token from that candidate's own uniforms, records it, and hands `generate` a dis
 that token, so `generate`'s own sampling can only pick it. The model's generation settings are replaced by its
 end, start and padding tokens alone, so nothing else filters the logits first.
 
-Rows go through `generate` in groups of equal input shape (prompt length, image patches): no padding, so a row's
-candidates never depend on which rows share its batch. `generate` expands each image's inputs to one row per
-candidate. Where the image is placeholder tokens of a causal prompt (Qwen2-VL, SmolVLM, LLaVA) the prompt is run once per
-image and its cache copied to the candidates (`GenericSampler._prefilled`). PaliGemma's prompt attends both ways
-(a prefix-LM), so it cannot be cut before its last token, and GIT keeps the image outside its prompt: both run
-image and prompt once per candidate. BLIP-2 and InstructBLIP encode the image once and re-run only its query
-tokens; Florence-2 encodes once, as every encoder-decoder in `generate`.
+Rows go through `generate` in groups of equal input shape (prompt length, image patches): no padding, so a
+row's candidates never depend on which rows share its batch. `generate` expands each image's inputs to one row
+per candidate. Where the image is placeholder tokens of a causal prompt (Qwen2-VL, SmolVLM, LLaVA), the prompt
+runs once per image and its cache is copied to the candidates (`GenericSampler._prefilled`). PaliGemma's prompt
+attends both ways (a prefix-LM), so it cannot be cut before its last token, and GIT keeps the image outside its
+prompt: both run image and prompt once per candidate. BLIP-2 and InstructBLIP encode the image once and re-run
+only its query tokens; Florence-2 encodes once, as every encoder-decoder in `generate`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,8 @@ class GenericSampler:
         cache = layers * 2 * positions * kv_width * head_dim
         sampling_bytes = text.vocab_size * 40
         prefills = 1 if self.family.prefill_once else self.cfg.num_candidates
-        return (prefills * prefill + self.cfg.num_candidates * cache) * width + self.cfg.num_candidates * sampling_bytes
+        candidates = self.cfg.num_candidates
+        return (prefills * prefill + candidates * cache) * width + candidates * sampling_bytes
 
     def inputs(self, image) -> dict[str, torch.Tensor]:
         return prompt_inputs(self.processor, self.model, self.family, self.prompt, image)
@@ -201,10 +202,10 @@ class GenericSampler:
         return [sampler.tokens[i * n : (i + 1) * n] for i in range(len(row_keys))]
 
     def _prefilled(self, inputs: dict[str, torch.Tensor]) -> dict:
-        """One image's prompt, all but its last token, run once (the image encoded once), its cache copied to every
-        candidate: `generate`'s inputs then, which go on from that cache with the last token. For models whose
-        image is placeholder tokens of the prompt; one image per call, since the multimodal positions a prefill
-        stores (Qwen2-VL's rope deltas) are per prefill row."""
+        """One image's prompt, all but its last token, run through the model once (image features and the language
+        model's pass over the image tokens), its cache copied to every candidate: `generate`'s inputs then, which
+        go on from that cache with the last token. For models whose image is placeholder tokens of a causal prompt;
+        one image per call, since the multimodal positions a prefill stores (Qwen2-VL's rope deltas) are per row."""
         prefix = {key: value[:, :-1] if key in PER_TOKEN_INPUTS else value for key, value in inputs.items()}
         cache = self.model(**prefix, use_cache=True).cache
         cache.batch_repeat_interleave(self.cfg.num_candidates)
