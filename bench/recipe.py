@@ -464,9 +464,9 @@ def print_captioner_report(r: dict) -> None:
     print_table(header, captioner_rows(r))
     print(f"{r['images_timed']} image(s) timed per captioner; every captioner samples {r['num_candidates']} "
           f"candidates of at most {r['mean_max_tokens']:.1f} new tokens on average and the same other stages rank "
-          "and repair them. images/s is end to end. BLIP encodes an image once for all its candidates; the other "
-          "families go through generate, which encodes the image and reads the prompt once per candidate. Random "
-          "weights rarely emit an end token: decoding runs to the max lengths, a worst case. FLOPs: torch "
+          "and repair them. images/s is end to end. BLIP encodes an image once for all its candidates, and "
+          "Qwen2-VL, SmolVLM and LLaVA run their prompt (image included) once per image; GIT runs image and "
+          "prompt once per candidate (map_fns/generate_decode.py). Random weights rarely emit an end token: decoding runs to the max lengths, a worst case. FLOPs: torch "
           f"FlopCounterMode over {r['flop_images']} image(s) (matmul, conv, attention).")
 
 
