@@ -17,34 +17,32 @@ AUTO_PROMPT = "auto"  # --caption_prompt's default: the family's own prompt
 
 @dataclass(frozen=True)
 class CaptionerFamily:
-    """name: as the card and errors name it. model_types: config.json `model_type`s of the family.
-    example: a Hub checkpoint of it. prompt: what `--caption_prompt auto` gives it. chat: the prompt is a user
-    message put through the processor's chat template (instruction models); otherwise it is text the processor
-    takes as is, after the image (or the decoder's prefix, for BLIP and GIT). prefill_once: the image is placeholder
-    tokens of a causal prompt, which can run once per image and be shared by its candidates
+    """name: as the card and errors name it. model_types: config.json `model_type`s of the family (README's
+    "Choosing a captioner" names a checkpoint of each). prompt: what `--caption_prompt auto` gives it. chat: the
+    prompt is a user message put through the processor's chat template (instruction models); otherwise it is text
+    the processor takes as is, after the image (or the decoder's prefix, for BLIP and GIT). prefill_once: the image
+    is placeholder tokens of a causal prompt, which can run once per image and be shared by its candidates
     (`map_fns.generate_decode`)."""
 
     name: str
     model_types: tuple[str, ...]
-    example: str
     prompt: str
     chat: bool = False
     prefill_once: bool = False
 
 
 FAMILIES = (
-    CaptionerFamily("BLIP", ("blip",), "Salesforce/blip-image-captioning-large", "a picture of "),
-    CaptionerFamily("BLIP-2", ("blip-2",), "Salesforce/blip2-opt-2.7b", ""),
-    CaptionerFamily("InstructBLIP", ("instructblip",), "Salesforce/instructblip-flan-t5-xl",
-                    "A short image caption:"),
-    CaptionerFamily("GIT", ("git",), "microsoft/git-large-coco", ""),
-    CaptionerFamily("Florence-2", ("florence2",), "florence-community/Florence-2-large", "<CAPTION>"),
-    CaptionerFamily("PaliGemma", ("paligemma",), "google/paligemma-3b-mix-224", "caption en"),
-    CaptionerFamily("Qwen2-VL", ("qwen2_vl", "qwen2_5_vl"), "Qwen/Qwen2-VL-2B-Instruct",
+    CaptionerFamily("BLIP", ("blip",), "a picture of "),
+    CaptionerFamily("BLIP-2", ("blip-2",), ""),
+    CaptionerFamily("InstructBLIP", ("instructblip",), "A short image caption:"),
+    CaptionerFamily("GIT", ("git",), ""),
+    CaptionerFamily("Florence-2", ("florence2",), "<CAPTION>"),
+    CaptionerFamily("PaliGemma", ("paligemma",), "caption en"),
+    CaptionerFamily("Qwen2-VL", ("qwen2_vl", "qwen2_5_vl"),
                     "Describe this image in one sentence.", chat=True, prefill_once=True),
-    CaptionerFamily("SmolVLM", ("smolvlm", "idefics3"), "HuggingFaceTB/SmolVLM-256M-Instruct",
+    CaptionerFamily("SmolVLM", ("smolvlm", "idefics3"),
                     "Describe this image in one sentence.", chat=True, prefill_once=True),
-    CaptionerFamily("LLaVA", ("llava", "llava_next", "llava_onevision"), "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+    CaptionerFamily("LLaVA", ("llava", "llava_next", "llava_onevision"),
                     "Describe this image in one sentence.", chat=True, prefill_once=True),
 )
 BLIP = FAMILIES[0]
