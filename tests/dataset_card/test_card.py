@@ -12,8 +12,9 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 
 from builder.stats import error_reason
-from dataset_card.card import markdown_text, write_card
+from dataset_card.card import captioner_used, markdown_text, write_card
 from dataset_card.metadata import size_category
+from map_fns.captioners import family_of
 
 PLOTS = ("caption_words", "first_ranker", "second_ranker")
 
@@ -169,3 +170,13 @@ def test_an_output_without_rows_still_gets_a_card(built, tmp_path):
     write_card(tmp_path, [], built.inputs, stats)
     card = DatasetCard.load(tmp_path / "README.md")
     assert card.data.get("dataset_info") is None and "rows: **0**" in card.text
+
+
+def test_a_captioner_whose_config_is_not_on_this_machine_is_not_named(tmp_path, tiny_models):
+    """A card re-rendered where the captioner is neither a folder nor in the Hub cache cannot name its family, so
+    it names no prompt either (`auto` is not a prompt)."""
+    gone = {"caption": {"captioner": str(tmp_path / "gone"), "caption_prompt": "auto"}}
+    uncached = {"caption": {"captioner": "org/never-downloaded", "caption_prompt": "auto"}}
+    assert captioner_used(gone) == captioner_used(uncached) == (None, "auto")
+    here = {"caption": {"captioner": tiny_models.captioner, "caption_prompt": "auto"}}
+    assert captioner_used(here) == (family_of("blip"), "a picture of ")
