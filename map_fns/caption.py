@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from map_fns.captioners import AUTO_PROMPT
 from map_fns.flags import above, at_least, in_range
+from map_fns.images import one_line
 from map_fns.stage import ROW_KEY, Column, Stage, engine_loader, on_ok_rows
 from map_fns.status import NO_CAPTION, OK
 
@@ -85,8 +86,9 @@ class CaptionConfig:
 def load_sampler(cfg: CaptionConfig, device, dtype):
     """The candidate sampler of the captioner's family: BLIP's fast path, or `generate` for every other family.
 
-    A sampler is called with (images, row keys) and returns each image's unique candidates, and says how much
-    working memory one image needs (`bytes_per_image`), for sizing sub-batches to free memory.
+    A sampler is called with (images, row keys) and returns each image's unique candidates (or the ValueError of
+    a processor that refused the image), and says how much working memory one image needs (`bytes_per_image`),
+    for sizing sub-batches to free memory.
     """
     from transformers import AutoConfig
 
@@ -100,6 +102,14 @@ def load_sampler(cfg: CaptionConfig, device, dtype):
     from map_fns.generate_decode import GenericSampler
 
     return GenericSampler(cfg, family, device, dtype)
+
+
+def no_caption_reason(candidates: list[str] | ValueError) -> str | None:
+    """Why a row gets no caption: its sampler's candidates were all empty, or the captioner's processor refused its
+    image (which a sampler returns, so that the row fails alone); None when it has candidates."""
+    if isinstance(candidates, ValueError):
+        return f"the captioner's processor refused the image: {one_line(candidates)}"
+    return None if candidates else "every sampled candidate was empty"
 
 
 def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto",
@@ -121,9 +131,9 @@ def make_caption_fn(cfg: CaptionConfig, device="cpu", *, precision: str = "auto"
     def caption(rows: dict[str, list]) -> dict[str, list]:
         found = batcher.map(list(range(len(rows["status"]))),
                             lambda chunk: sample([rows["_image"][i] for i in chunk], [rows[ROW_KEY][i] for i in chunk]))
-        status = [OK if candidates else NO_CAPTION for candidates in found]
-        error = [None if candidates else "every sampled candidate was empty" for candidates in found]
-        return {"_candidates": found, "status": status, "error": error}
+        error = [no_caption_reason(candidates) for candidates in found]
+        return {"_candidates": [[] if isinstance(candidates, ValueError) else candidates for candidates in found],
+                "status": [NO_CAPTION if reason else OK for reason in error], "error": error}
 
     return on_ok_rows(caption, WRITES)
 

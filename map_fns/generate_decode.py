@@ -170,14 +170,22 @@ class GenericSampler:
         return prompt_inputs(self.processor, self.model, self.family, self.prompt, image)
 
     @torch.inference_mode()
-    def candidate_ids(self, images: list, row_keys: list[str]) -> list[list[list[int]]]:
-        """Generated token ids (end token excluded) per image and candidate."""
-        per_image = [self.inputs(image) for image in images]
+    def candidate_ids(self, images: list, row_keys: list[str]) -> list[list[list[int]] | ValueError]:
+        """Generated token ids (end token excluded) per image and candidate; for an image the processor refuses
+        (Qwen2-VL: an aspect ratio over 200, e.g. a 5x3000 banner), its ValueError, so that one row fails alone."""
+        per_image: list[dict | ValueError] = []
+        for image in images:
+            try:
+                per_image.append(self.inputs(image))
+            except ValueError as refused:
+                per_image.append(refused)
         groups: dict[tuple, list[int]] = {}
         for i, batch in enumerate(per_image):
+            if isinstance(batch, ValueError):
+                continue
             shapes = tuple((key, tuple(value.shape[1:])) for key, value in sorted(batch.items()))
             groups.setdefault((i,) if self.family.prefill_once else shapes, []).append(i)
-        found: list[list[list[int]]] = [[] for _ in images]
+        found: list = [batch if isinstance(batch, ValueError) else [] for batch in per_image]
         for members in groups.values():
             batch = {key: torch.cat([per_image[i][key] for i in members]) for key in per_image[members[0]]}
             ids = self._generate(batch, [row_keys[i] for i in members])
@@ -211,8 +219,9 @@ class GenericSampler:
         cache.batch_repeat_interleave(self.cfg.num_candidates)
         return {"cache": cache, **{key: value for key, value in inputs.items() if key in PER_TOKEN_INPUTS}}
 
-    def __call__(self, images: list, row_keys: list[str]) -> list[list[str]]:
-        return [unique_texts(self.tokenizer, ids) for ids in self.candidate_ids(images, row_keys)]
+    def __call__(self, images: list, row_keys: list[str]) -> list[list[str] | ValueError]:
+        return [ids if isinstance(ids, ValueError) else unique_texts(self.tokenizer, ids)
+                for ids in self.candidate_ids(images, row_keys)]
 
 
 def unique_texts(tokenizer, candidate_ids: Sequence[Sequence[int]]) -> list[str]:

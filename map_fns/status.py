@@ -10,7 +10,7 @@ DECODE_ERROR = "decode_error"  # body is not a decodable image (corrupt, truncat
 INVALID_URL = "invalid_url"  # empty, malformed or non-http(s) URL
 BLOCKED = "blocked"  # the host resolves to an address we never fetch from (loopback, private, link-local, ...)
 OPTED_OUT = "opted_out"  # the server asked, with X-Robots-Tag, that the image not be used for AI
-NO_CAPTION = "no_caption"  # the captioner produced no non-empty candidate
+NO_CAPTION = "no_caption"  # the captioner produced no non-empty candidate, or its processor refused the image
 
 
 def ok_rows(batch: dict[str, list]) -> list[int]:

@@ -25,7 +25,7 @@ from map_fns.captioners import family_of
 from map_fns.batching import MEMORY_HEADROOM
 from map_fns.generate_decode import GenericSampler, RecipeSampler
 from map_fns.sampling import row_uniforms
-from map_fns.status import OK
+from map_fns.status import NO_CAPTION, OK
 from tests.oracle import sampling as oracle
 
 SEED = 0
@@ -187,3 +187,19 @@ def test_half_precision_reaches_the_model_and_its_inputs(model_cache, photos):
     assert sampler.model.dtype == torch.bfloat16
     ids = sampler.candidate_ids(photos[1][:2], photos[0][:2])
     assert all(len(candidates) == 8 for candidates in ids) and any(any(c) for c in ids[0])
+
+
+def test_an_image_the_processor_refuses_fails_alone(model_cache, photos):
+    """Qwen2-VL's processor refuses an aspect ratio over 200 (a 5x3000 banner, common in web data): that row gets
+    no_caption with the processor's reason, the rows beside it their usual candidates."""
+    folder = build_tiny_captioner("qwen2_vl", model_cache, peaked=True)
+    caption = make_caption_fn(_config(folder, length_schedule=SHORT), "cpu")
+    banner = Image.new("RGB", (3000, 5), "white")
+    keys, images = [photos[0][0], "banner", photos[0][1]], [photos[1][0], banner, photos[1][1]]
+    out = caption({"_row_key": keys, "_image": images, "status": [OK] * 3, "error": [None] * 3})
+    alone = caption({"_row_key": keys[::2], "_image": images[::2], "status": [OK] * 2, "error": [None] * 2})
+    assert out["status"][1] == NO_CAPTION and out["_candidates"][1] == []
+    assert (out["status"][::2], out["_candidates"][::2]) == (alone["status"], alone["_candidates"])
+    assert any(out["_candidates"][::2])
+    reason = out["error"][1]
+    assert reason.startswith("the captioner's processor refused the image: ") and "aspect ratio" in reason
