@@ -91,14 +91,19 @@ def _save(out: Path, model_type: str, peaked: bool) -> None:
 
 def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A GPT-2-style byte-level BPE (vocab, merges) trained on the caption corpus; `special_tokens` get ids 0..n-1."""
-    import json
-
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    return _trained_vocab_and_merges(bpe, trainer)
+
+
+def _trained_vocab_and_merges(bpe, trainer) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """`bpe` trained by `trainer` on the caption corpus, as the (vocab, merges) a transformers tokenizer takes."""
+    import json
+
     bpe.train_from_iterator(caption_corpus(), trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
     return model["vocab"], [tuple(merge) for merge in model["merges"]]
@@ -107,8 +112,6 @@ def _byte_level_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tup
 def _metaspace_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """A SentencePiece-style BPE (vocab, merges) as Gemma's: words start with `▁`, with byte-fallback pieces
     `<0x00>`..`<0xFF>`, trained on the caption corpus; `special_tokens` get ids 0..n-1."""
-    import json
-
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
@@ -116,9 +119,7 @@ def _metaspace_bpe(special_tokens: list[str]) -> tuple[dict[str, int], list[tupl
     bpe.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")  # merges stay within words
     byte_pieces = [f"<0x{byte:02X}>" for byte in range(256)]
     trainer = trainers.BpeTrainer(vocab_size=900, special_tokens=special_tokens + byte_pieces)
-    bpe.train_from_iterator(caption_corpus(), trainer=trainer)
-    model = json.loads(bpe.to_str())["model"]
-    return model["vocab"], [tuple(merge) for merge in model["merges"]]
+    return _trained_vocab_and_merges(bpe, trainer)
 
 
 def _tiny_blip2() -> tuple[PreTrainedModel, ProcessorMixin]:
