@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.real_size_models import BLIP_SPECIALS, VERSION_DIR, clip_words
+from bench.real_size_models import VERSION_DIR, bert_layout_vocab, clip_words
 from builder.tiny_models import _build_once
 
 
@@ -49,12 +49,10 @@ def build_real_size_captioner(model_type: str, cache_dir: str | Path) -> str:
 
 
 def wordpiece_tokenizer(vocab_size: int):
-    """BERT's layout (specials at BERT's ids) over `vocab_size` ids, every other id a whole CLIP word."""
+    """BERT's layout over `vocab_size` ids (`bench.real_size_models.bert_layout_vocab`), as GIT's tokenizer."""
     from transformers import BertTokenizer
 
-    words = iter(clip_words())
-    vocab = {BLIP_SPECIALS.get(i) or next(words): i for i in range(vocab_size)}
-    return BertTokenizer(vocab=vocab, model_max_length=512)
+    return BertTokenizer(vocab=bert_layout_vocab(vocab_size), model_max_length=512)
 
 
 @functools.cache

@@ -55,13 +55,18 @@ def clip_words() -> tuple[str, ...]:
     return tuple(w for w in words if w.isascii() and w.isalpha() and w.islower())
 
 
+def bert_layout_vocab(vocab_size: int) -> dict[str, int]:
+    """BERT's layout (specials at BERT's ids) over `vocab_size` ids, every other id a whole CLIP word."""
+    words = iter(clip_words())
+    return {BLIP_SPECIALS.get(i) or next(words): i for i in range(vocab_size)}
+
+
 def blip_tokenizer():
     """BLIP-large's tokenizer shape: 30524 ids, BERT specials at BERT's ids, bos `[DEC]`, extra `[ENC]`."""
     from transformers import BertTokenizer
 
-    words = iter(clip_words())
-    vocab = {BLIP_SPECIALS.get(i) or next(words): i for i in range(BLIP_VOCAB_SIZE)}
-    return BertTokenizer(vocab=vocab, bos_token="[DEC]", extra_special_tokens=["[ENC]"], model_max_length=512)
+    return BertTokenizer(vocab=bert_layout_vocab(BLIP_VOCAB_SIZE), bos_token="[DEC]", extra_special_tokens=["[ENC]"],
+                         model_max_length=512)
 
 
 def t5_tokenizer():
