@@ -111,6 +111,14 @@ def task_rows(record: Path) -> int:
     return 0
 
 
+def half_done_tasks(output: Path) -> dict[int, int]:
+    """Tasks with rows recorded and not done, with their rows."""
+    done = {path.name for path in (output / "tasks" / "done").glob("*.json")}
+    rows = {int(path.stem): task_rows(path) for path in (output / "tasks" / "progress").glob("*.json")
+            if path.name not in done}
+    return {task: count for task, count in rows.items() if count}
+
+
 def recorded_rows(output: Path) -> int:
     """Rows the tasks' records say are written."""
     names = {path.name for folder in ("progress", "done") for path in (output / "tasks" / folder).glob("*.json")}
@@ -187,13 +195,18 @@ def test_three_workers_killed_then_two_then_one_equal_one_clean_worker(sources, 
 
     two = start(accelerate(*flags))
     before = recorded_rows(output)
-    assert wait_for(lambda: recorded_rows(output) >= before + 2 * ROWS_PER_CHUNK, two), kill(two)[-3000:]
+    assert wait_for(lambda: recorded_rows(output) >= before + 2 * ROWS_PER_CHUNK and half_done_tasks(output),
+                    two), kill(two)[-3000:]
     time.sleep(rng.uniform(0, 0.5))
     kill(two)
     assert recorded_rows(output) < ROWS, "the kills landed after the run had finished"
+    # Usually a task is left half done; the sleep may let the workers finish it and stop before the next one
+    # records a chunk, and then there is nothing to resume.
+    left_half_done = half_done_tasks(output)
 
     last = run(worker(*flags))
-    assert "resuming after" in last.stderr  # a killed worker's task went on from its progress record
+    for task, rows in left_half_done.items():  # a killed worker's task went on from its progress record
+        assert f"task {task}: resuming after {rows} rows" in last.stderr
     assert_same_output(files_and_rows(output), clean_runs(layout), finished(output))
 
 
