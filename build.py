@@ -23,7 +23,7 @@ from output.viewer import ViewerCheckError
 def check_before_work(cfg: BuildConfig) -> tuple[ResolvedSource, list[Task] | None]:
     """The source (and its tasks, when its footers are local), the output location, the Hub token and the
     output's file count: what would otherwise fail after hours of work."""
-    source = check_source(cfg.source)
+    source = check_source(cfg.source, cfg.fetch.row_filters())
     try:
         store = OutputStore(cfg.run.output_dir)
     except (ImportError, ValueError) as err:  # fsspec: an unknown protocol, or its library not installed

@@ -62,6 +62,6 @@ def as_flags(values: dict, origin: str, known: set[str]) -> list[str]:
     for key, value in values.items():
         if key not in known:
             raise ConfigError(f"unknown key {key!r} in {origin}")
-        if value is not None:
-            tokens.append(f"--{key}={value}")  # one token: a value starting with '-' stays a value
+        for item in value if isinstance(value, list) else [] if value is None else [value]:  # a list: its flag repeated
+            tokens.append(f"--{key}={item}")  # one token: a value starting with '-' stays a value
     return tokens

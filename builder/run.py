@@ -28,12 +28,12 @@ from builder.progress import WorkerProgress
 from builder.resolve import check_hub_dataset, check_models
 from builder.resume import TaskProgress, load_progress, save_progress, start_or_join
 from builder.reuse import ResultReuse
-from builder.source import ResolvedSource, check_hub_columns, open_stream, plan_tasks
+from builder.source import IMAGE_COLUMN, ResolvedSource, check_hub_columns, open_stream, plan_tasks
 from builder.stats import RunStats
 from builder.tasks import Task
 from map_fns.registry import STAGES, check_chain
 from map_fns.stage import ROW_KEY, Stage, StageContext, as_declared
-from map_fns.status import FETCH_ERROR
+from map_fns.status import FETCH_ERROR, WITHHELD
 from output.layout import CONFIG_FILE, lease_name
 from output.schema import generated_columns, output_features
 from output.store import OutputStore
@@ -89,9 +89,24 @@ def captioned(rows, source_columns, stages: list[tuple[Stage, Callable]], cfg: B
         if stage.reuse:
             fn = ResultReuse(on_reused=stats.add_reused if counts_reuse else lambda count: None).wrap(fn)
             counts_reuse = False
+        if IMAGE_COLUMN in source_columns and "status" in stage.written:
+            fn = withholding_images(fn)
         rows = map_ahead(rows, fn, cfg.run.prefetch_batches, size) if stage.run_ahead else \
             rows.map(fn, batched=True, batch_size=size)
     return rows
+
+
+def withholding_images(fn: Callable[[dict], dict]) -> Callable[[dict], dict]:
+    """`fn`, also emptying the source image cell of each row it gives a withheld status (blocked by a list,
+    filtered): such an image is dropped as soon as it is judged, and never stored or shown."""
+    def withholding(batch: dict[str, list]) -> dict[str, list]:
+        out = fn(batch)
+        if any(status in WITHHELD for status in out["status"]):
+            out[IMAGE_COLUMN] = [None if status in WITHHELD else image
+                                 for status, image in zip(out["status"], batch[IMAGE_COLUMN], strict=True)]
+        return out
+
+    return withholding
 
 
 def split_retry(source_features, rows):
@@ -133,7 +148,7 @@ def build(cfg: BuildConfig, source: ResolvedSource, plan: list[Task] | None) -> 
     check_models(cfg)
     if source.hub_id:
         check_hub_dataset(source.hub_id, cfg.source.source_split)
-        check_hub_columns(source, cfg.source)
+        check_hub_columns(source, cfg.source, cfg.fetch.row_filters())
     store = OutputStore(cfg.run.output_dir)
     tasks = start_or_join(store, cfg, plan, lambda: plan_tasks(source, cfg.source, cfg.run.rows_per_task))
     if plan is None:

@@ -21,6 +21,7 @@ from builder.config import ConfigError, SourceConfig
 from builder.tasks import Piece, Task, open_parquet, plan_from_footers, plan_from_shards, read_pieces, row_groups
 from map_fns.fetch import image_source
 from map_fns.images import one_line
+from map_fns.row_filters import RowFilter
 from map_fns.stage import ROW_KEY
 from output.layout import CHUNK_GLOB, chunk_files
 from output.schema import generated_columns
@@ -238,12 +239,22 @@ def _with_null_string_column(stream, name: str):
                       features=features)
 
 
-def check_source(cfg: SourceConfig) -> ResolvedSource:
-    """Everything about the source that can be checked without streaming it (Hub columns are checked on open)."""
+def check_filter_columns(schema: pa.Schema, filters: list[RowFilter], source_name: str) -> None:
+    """Every score filter's column is a column of the source (a typo would otherwise keep every row out)."""
+    for row_filter in filters:
+        if row_filter.column not in schema.names:
+            raise ConfigError(f"filter {str(row_filter)!r} reads column {row_filter.column!r}, which is not a column "
+                              f"of {source_name} (columns: {', '.join(schema.names)})")
+
+
+def check_source(cfg: SourceConfig, filters: list[RowFilter] = ()) -> ResolvedSource:
+    """Everything about the source that can be checked without streaming it (Hub columns are checked on open):
+    also that the columns `filters` read are there."""
     resolved = resolve_source(cfg)
     if resolved.parquet_files:
         schema = pq.read_schema(resolved.parquet_files[0])
         map_columns(schema, cfg, resolved.name)
+        check_filter_columns(schema, filters, resolved.name)
         if resolved.previous_output and "status" not in schema.names:
             raise ConfigError(f"--retry_failed {resolved.name!r} is not an output of this builder (no status column)")
     return resolved
@@ -364,8 +375,10 @@ def _load(resolved: ResolvedSource, cfg: SourceConfig):
     return stream if stream.features is not None else stream._resolve_features()
 
 
-def check_hub_columns(resolved: ResolvedSource, cfg: SourceConfig) -> None:
+def check_hub_columns(resolved: ResolvedSource, cfg: SourceConfig, filters: list[RowFilter]) -> None:
     """A Hub source's columns, checked as a local source's footer is, before any output is written (the main
     process asks; streaming it to learn them reads no more than its first rows)."""
-    map_columns(_load(resolved, cfg).features.arrow_schema, cfg, resolved.name)
+    schema = _load(resolved, cfg).features.arrow_schema
+    map_columns(schema, cfg, resolved.name)
+    check_filter_columns(schema, filters, resolved.name)
 

@@ -7,13 +7,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-# Parts of an error message that name one host, address, port or size: counted per row they would make
+# Parts of an error message that name one host, address, port, size or score: counted per row they would make
 # millions of distinct "reasons" on a web-scale run, so they are folded into placeholders.
 _VARYING = [
     (re.compile(r"(?<=lookup of )\S+|(?<=connect to )\S+?(?=:\d+:)"), "<host>"),
     (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b|\[?[0-9a-fA-F]*:[0-9a-fA-F:]*:[0-9a-fA-F]+\]?"), "<address>"),
     (re.compile(r"(?<=<host>):\d+"), ""),
     (re.compile(r"\b\d+x\d+\b"), "<W>x<H>"),
+    (re.compile(r"\S+(?= (?:fails filter|is above --max_punsafe_pred) )"), "<value>"),  # a row's score
 ]
 
 

@@ -27,6 +27,7 @@ from dataset_card.summary import CaptionSummary, summarise
 from map_fns import captioners
 from map_fns.flags import NONE
 from map_fns.registry import STAGES
+from map_fns.status import BLOCKED, BLOCKED_BY_LIST, FILTERED, OPTED_OUT
 from output.durable import write_durably
 from output.layout import card_path
 from output.reader import OutputChunk, count_rows
@@ -97,6 +98,29 @@ def error_rows(errors: dict[str, int], shown: int = MAX_ERROR_REASONS) -> tuple[
     return ranked[:shown], len(rest), sum(count for _, count in rest)
 
 
+KEPT_OUT = {  # statuses of rows whose image was never fetched, or dropped unseen, and what each means
+    BLOCKED_BY_LIST: "its URL, or its image's hash, is on a blocklist: never fetched, or dropped before decoding",
+    FILTERED: "it failed a score filter: never fetched (the source's scores), or never captioned (punsafe_pred)",
+    BLOCKED: "its host resolves to an address that is not public: never fetched",
+    OPTED_OUT: "its server asked, with X-Robots-Tag, that the image not be used for AI: its body never read",
+}
+
+
+def kept_out(stats: dict, config: dict) -> dict:
+    """What the card says was kept out: rows per kept-out status with their meaning, the reasons counted for
+    them, and the score filters and heads the run applied."""
+    statuses = [(status, stats["statuses"].get(status, 0), meaning) for status, meaning in KEPT_OUT.items()]
+    reasons = [(reason, count) for reason, count in stats["errors"].items()
+               if reason.split(":", 1)[0] in (BLOCKED_BY_LIST, FILTERED)]
+    fetch, screen = config["fetch"], config["screen"]
+    filters = [*fetch["filter"], *(f"{column}<={fetch[f'max_{column}']:g}" for column in ("punsafe", "pwatermark")
+                                   if fetch[f"max_{column}"] is not None)]
+    heads = {column: screen[flag] for column, flag in (("punsafe_pred", "punsafe_head"), ("aesthetic", "aesthetic_head"))
+             if screen[flag] != NONE}
+    return {"statuses": statuses, "reasons": reasons[:MAX_ERROR_REASONS], "filters": filters, "heads": heads,
+            "embedding": screen["screen_clip"], "max_punsafe_pred": screen["max_punsafe_pred"]}
+
+
 def render_card(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInputs, stats: dict) -> str:
     """The card's text, from the rows of `chunks`; writes its plots under `target_dir/plots/` on the way."""
     features = output_features(chunks) if chunks else None  # no chunks: no task had rows
@@ -120,6 +144,9 @@ def render_card(target_dir: Path, chunks: Sequence[OutputChunk], inputs: CardInp
         caption_prompt=prompt,
         stats=stats,
         errors=error_rows(stats["errors"]),
+        kept_out=kept_out(stats, config),
+        blocklists=inputs.blocklists,
+        blocklists_unread=inputs.blocklists_unread,
         rows=rows,
         ok_rows=ok_rows,
         ok_rate=ok_rows / rows if rows else 0.0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from map_fns.blocklist import ListInfo
 from map_fns.fetch import FetchConfig
 
 
@@ -23,3 +24,5 @@ class CardInputs:
     push_to_hub: str | None
     card_examples: int
     gallery_rows: int
+    blocklists: tuple[ListInfo, ...]  # the --blocklist files as read when the card was made (name, size, checksum)
+    blocklists_unread: str | None = None  # why they could not be read then, if they could not

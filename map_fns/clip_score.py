@@ -14,6 +14,7 @@ import logging
 import os
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from map_fns.flags import parse_clip_spec
@@ -129,6 +130,28 @@ def _split_rows(flat: list, counts: list[int]) -> list[list]:
     return rows
 
 
+@dataclass(frozen=True)
+class ImageEmbedding:
+    """An image's CLIP embedding as `encode_image` gave it (float32, CPU), and the spec of the model that did."""
+
+    model: str
+    vector: torch.Tensor
+
+
+_shared: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def shared_scorer(spec: str, device: str | torch.device, *, dtype: torch.dtype | None = None,
+                  model_batch_size: int = 0) -> ClipScorer:
+    """The process's `ClipScorer` of these settings, loaded on first use and kept while any stage holds it: the
+    screen stage and the ranker share one ViT-L/14, and its image embeddings."""
+    key = (spec, str(device), dtype, model_batch_size)
+    scorer = _shared.get(key)
+    if scorer is None:
+        scorer = _shared[key] = ClipScorer(spec, device, dtype=dtype, model_batch_size=model_batch_size)
+    return scorer
+
+
 class ClipScorer:
     """One open_clip model and its tokenizer, loaded once, with trained weights or not at all.
 
@@ -145,6 +168,7 @@ class ClipScorer:
         from map_fns.precision import open_clip_precision
 
         name, pretrained = parse_clip_spec(spec)
+        self.spec = spec
         self.device = torch.device(device)
         self.dtype = dtype or torch.float32
         logger.info("loading CLIP %s on %s in %s", spec, self.device, self.dtype)
@@ -161,35 +185,56 @@ class ClipScorer:
         self._pool = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="clip-preprocess")
         weakref.finalize(self, self._pool.shutdown, wait=False)
 
-    def similarities(self, images: list[Image.Image], captions: list[list[str]]) -> list[list[float]]:
+    def image_embeddings(self, images: list[Image.Image]) -> list[ImageEmbedding]:
+        """Each image's embedding (`encode_image`, not normalised) on the CPU, tagged with this model's spec so
+        that `similarities` may take it instead of running the image tower again."""
+        import torch
+
+        pixels = [self._pool.submit(self.preprocess, image) for image in images]
+        with torch.inference_mode():
+            encoded = self.batcher.map(list(range(len(images))), lambda chunk: list(self.model.encode_image(
+                torch.stack([pixels[i].result() for i in chunk]).to(self.device, self.dtype)).float().cpu()))
+        return [ImageEmbedding(self.spec, vector) for vector in encoded]
+
+    def similarities(self, images: list[Image.Image], captions: list[list[str]],
+                     embeddings: list[ImageEmbedding | None] | None = None) -> list[list[float]]:
         """Cosine similarity of each caption in `captions[i]` to `images[i]`, in the captions' order.
 
-        Every image starts preprocessing in the pool at once, so later sub-batches find their pixels ready
-        while the model works on earlier ones. Rows without captions cost nothing.
+        An image whose `embeddings[i]` this model made (`image_embeddings`) is not run through the image tower
+        again. Every other image starts preprocessing in the pool at once, so later sub-batches find their
+        pixels ready while the model works on earlier ones. Rows without captions cost nothing.
         """
         import torch
 
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
         rows = [i for i, row in enumerate(captions) if row]
-        pixels = {i: self._pool.submit(self.preprocess, images[i]) for i in rows}
+        known = {i: embeddings[i].vector for i in rows if embeddings and embeddings[i] and embeddings[i].model == self.spec}
+        pixels = {i: self._pool.submit(self.preprocess, images[i]) for i in rows if i not in known}
         with torch.inference_mode():
-            scored = self.batcher.map(
-                rows, lambda chunk: self._score([pixels[i].result() for i in chunk], [captions[i] for i in chunk])
-            )
+            scored = self.batcher.map(rows, lambda chunk: self._score(
+                [known[i] if i in known else pixels[i].result() for i in chunk], [captions[i] for i in chunk]))
         out: list[list[float]] = [[] for _ in captions]
         for i, row_scores in zip(rows, scored):
             out[i] = row_scores
         return out
 
-    def _score(self, pixels: list[torch.Tensor], captions: list[list[str]]) -> list[list[float]]:
-        """One forward of these preprocessed images and all their captions; float64 cosines, rows as given."""
+    def _score(self, images: list[torch.Tensor], captions: list[list[str]]) -> list[list[float]]:
+        """One forward of these images (preprocessed pixels, or embeddings already made: 1-d) and all their
+        captions; float64 cosines, rows as given."""
         import torch
 
         counts = [len(row) for row in captions]
         tokens = self.tokenizer([caption for row in captions for caption in row])
         owner = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(self.device)
-        images = torch.stack(pixels).to(self.device, self.dtype)
-        image_emb = torch.nn.functional.normalize(self.model.encode_image(images).double(), dim=-1)
+        embedded = [i for i, image in enumerate(images) if image.dim() == 1]
+        encoded = torch.empty(len(images), 0)
+        if len(embedded) < len(images):
+            pixels = torch.stack([image for image in images if image.dim() != 1]).to(self.device, self.dtype)
+            encoded = self.model.encode_image(pixels).double()
+        by_row = iter(encoded)
+        image_emb = torch.stack([images[i].to(self.device).double() if i in embedded else next(by_row)
+                                 for i in range(len(images))])
+        image_emb = torch.nn.functional.normalize(image_emb, dim=-1)
         text_emb = torch.nn.functional.normalize(encode_text_trimmed(self.model, tokens).double(), dim=-1)
         return _split_rows((text_emb * image_emb[owner]).sum(dim=-1).cpu().tolist(), counts)

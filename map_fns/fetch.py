@@ -1,6 +1,11 @@
 """Fetch stage: get each row's image (its image cell's bytes, else the cell's path, else its URL) and decode
 it once, at the size the models need.
 
+Before any request a row is screened: a URL on a `--blocklist` makes it `blocked_by_list`, a failed score
+filter on its source columns (`--filter`, `--max_punsafe`, `--max_pwatermark`) `filtered`; neither is fetched.
+Image bytes whose hash is on a blocklist are dropped once they are had (a download: by the downloader, before it
+keeps the body; embedded bytes or a local file: before decoding), so they are never decoded, stored or shown.
+
 Downloads go through `http_client.Downloader` (aiohttp on its own event loop: many concurrent requests,
 deadlines, retries, redirects checked against the address policy, opt-outs honoured, one request per URL);
 local files (a local source's own) are read and images decoded on a small thread pool, since Pillow releases
@@ -16,11 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from map_fns.blocklist import Blocklist
 from map_fns.flags import above, at_least, require
 from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, one_line
 from map_fns.net_policy import parse_networks
+from map_fns.row_filters import RowFilter, filter_reasons, row_filters
 from map_fns.stage import Column, Stage, StageContext
-from map_fns.status import DECODE_ERROR, FETCH_ERROR, INVALID_URL, OK
+from map_fns.status import BLOCKED_BY_LIST, DECODE_ERROR, FETCH_ERROR, FILTERED, INVALID_URL, OK
 
 Outcome = tuple[str, str | None, DecodedImage | None]  # a row's (status, error, decoded image)
 
@@ -75,7 +82,25 @@ class FetchConfig:
                           "seen again within it is not requested again (0: only rows fetched together share)."},
     )
 
+    blocklist: list[str] = field(
+        default_factory=list,
+        metadata={"help": "File of URLs, URL hashes or image hashes (SHA-256/MD5 hex), one a line, never fetched or "
+                          "stored: a local path or hf://datasets/ORG/REPO/PATH; repeatable.", "action": "extend"},
+    )
+    filter: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Keep only rows whose source column holds, e.g. 'punsafe<=0.5' (OP: <=, <, >=, >, ==, "
+                          "!=); others are not fetched (status filtered); repeatable.", "action": "extend"},
+    )
+    max_punsafe: float | None = field(
+        default=None, metadata={"help": "Rows whose source punsafe is above this are not fetched (filtered)."}
+    )
+    max_pwatermark: float | None = field(
+        default=None, metadata={"help": "Rows whose source pwatermark is above this are not fetched (filtered)."}
+    )
+
     def __post_init__(self):
+        self.row_filters()  # a malformed --filter fails here, in one line
         for name in ("fetch_timeout", "fetch_deadline"):
             above(self, name, 0)
         for name, low in (("fetch_retries", 0), ("fetch_backoff", 0), ("max_redirects", 0), ("resize_min_side", 0),
@@ -85,6 +110,9 @@ class FetchConfig:
         single_line = self.user_agent.strip() and "\r" not in self.user_agent and "\n" not in self.user_agent
         require(self, "user_agent", bool(single_line), "be a non-empty single line")
         parse_networks(self.allow_networks)
+
+    def row_filters(self) -> list[RowFilter]:
+        return row_filters(self.filter, self.max_punsafe, self.max_pwatermark)
 
 
 def image_source(url: str | None, image) -> tuple[bytes | None, str | None]:
@@ -152,22 +180,28 @@ class Decoder:
     """
 
     def __init__(self, threads: int, max_pixels: int, max_decoded_bytes: int, min_side: int | None,
-                 max_file_bytes: int):
+                 max_file_bytes: int, blocklist: Blocklist):
         self.threads, self.max_pixels, self.min_side = threads, max_pixels, min_side
-        self.max_decoded_bytes, self.max_file_bytes = max_decoded_bytes, max_file_bytes
+        self.max_decoded_bytes, self.max_file_bytes, self.blocklist = max_decoded_bytes, max_file_bytes, blocklist
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="decode")
 
     def __reduce__(self):
-        return Decoder, (self.threads, self.max_pixels, self.max_decoded_bytes, self.min_side, self.max_file_bytes)
+        return Decoder, (self.threads, self.max_pixels, self.max_decoded_bytes, self.min_side, self.max_file_bytes,
+                         self.blocklist)
 
-    def decode_all(self, items: list[bytes | LocalFile]) -> list[Outcome]:
-        return list(self.pool.map(self._decode, items))
+    def decode_all(self, items: list[bytes | LocalFile], screened: list[bool]) -> list[Outcome]:
+        """Each item decoded; the bytes of those not `screened` yet (downloads are, by the downloader) are first
+        looked up in the blocklist, and a listed image's bytes are dropped undecoded."""
+        return list(self.pool.map(self._decode, items, screened))
 
-    def _decode(self, item: bytes | LocalFile) -> Outcome:
+    def _decode(self, item: bytes | LocalFile, screened: bool) -> Outcome:
         try:
             data = item.read(self.max_file_bytes) if isinstance(item, LocalFile) else item
         except OSError as e:
             return FETCH_ERROR, one_line(e), None
+        listed = None if screened or not self.blocklist else self.blocklist.content_reason(data)
+        if listed:
+            return BLOCKED_BY_LIST, listed, None
         try:
             return OK, None, decode_for_models(data, self.max_pixels, self.min_side, self.max_decoded_bytes)
         except ImageDecodeError as e:
@@ -200,6 +234,29 @@ def _row_source(url, image, read_local_files: bool) -> bytes | str | None | Loca
     return LocalFile(path)
 
 
+def _kept_out(blocklist: Blocklist, filters: list[RowFilter], batch: dict[str, list]) -> list[Outcome | None]:
+    """Per row, the outcome of a row kept out before any request (a listed URL, then a failed score filter), or
+    None. The URL looked up is the row's `URL`, and also its image cell's http(s) path when it has one."""
+    urls = batch["URL"]
+    listed = blocklist.url_reasons([url if isinstance(url, str) else None for url in urls]) if blocklist else \
+        [None] * len(urls)
+    if blocklist and "image" in batch:
+        by_path = blocklist.url_reasons([_cell_url(image) for image in batch["image"]])
+        listed = [by_url or path_listed for by_url, path_listed in zip(listed, by_path)]
+    failed = filter_reasons(filters, batch) if filters else [None] * len(urls)
+    return [(BLOCKED_BY_LIST, reason, None) if reason else (FILTERED, failure, None) if failure else None
+            for reason, failure in zip(listed, failed)]
+
+
+def _cell_url(image) -> str | None:
+    """The http(s) path of an image cell without bytes (what would be requested for it), else None."""
+    try:
+        data, path = _cell(image)
+    except ValueError:
+        return None
+    return path if not data and path and urlsplit(path).scheme.lower() in ("http", "https") else None
+
+
 def make_fetch_fn(
     cfg: FetchConfig, device=None, *, read_local_files: bool = False
 ) -> Callable[[dict[str, list]], dict[str, list]]:
@@ -214,20 +271,23 @@ def make_fetch_fn(
     from map_fns.http_client import Downloader
     from map_fns.net_policy import AddressPolicy
 
+    blocklist = Blocklist.load(cfg.blocklist)
+    filters = cfg.row_filters()
     downloader = Downloader(
         timeout=cfg.fetch_timeout, deadline=cfg.fetch_deadline, max_bytes=cfg.max_image_bytes,
         max_redirects=cfg.max_redirects, retries=cfg.fetch_retries, backoff=cfg.fetch_backoff,
         user_agent=cfg.user_agent, concurrency=cfg.fetch_concurrency,
         policy=AddressPolicy(parse_networks(cfg.allow_networks)), respect_optouts=cfg.respect_optouts,
-        recent_bytes=cfg.recent_downloads_bytes,
+        recent_bytes=cfg.recent_downloads_bytes, blocklist=blocklist,
     )
     decoder = Decoder(cfg.decode_threads, cfg.max_image_pixels, cfg.max_image_decoded_bytes,
-                      cfg.resize_min_side or None, cfg.max_image_bytes)
+                      cfg.resize_min_side or None, cfg.max_image_bytes, blocklist)
 
     def fetch_fn(batch: dict[str, list]) -> dict[str, list]:
         urls = batch["URL"]
         images = batch.get("image") or [None] * len(urls)
-        sources = [_row_source(url, image, read_local_files) for url, image in zip(urls, images)]
+        kept_out = _kept_out(blocklist, filters, batch)
+        sources = [out or _row_source(url, image, read_local_files) for out, url, image in zip(kept_out, urls, images)]
         distinct = list(dict.fromkeys(sources))  # rows with the same source share one fetch and one decode
         outcomes: dict = {source: source for source in distinct if isinstance(source, tuple)}
         remote = [source for source in distinct if source is None or isinstance(source, str)]
@@ -238,7 +298,8 @@ def make_fetch_fn(
             else:
                 outcomes[source] = download.status, download.error, None
         to_decode = [source for source in distinct if source not in outcomes]
-        outcomes.update(zip(to_decode, decoder.decode_all([bodies.get(source, source) for source in to_decode])))
+        outcomes.update(zip(to_decode, decoder.decode_all([bodies.get(source, source) for source in to_decode],
+                                                          [source in bodies for source in to_decode])))
         rows = [outcomes[source] for source in sources]
         decoded = [image for _, _, image in rows]
         return {

@@ -4,8 +4,9 @@ LAION URLs are billions of open-web links, many dead, slow, redirected or hostil
 per-attempt connect/read timeouts and an overall deadline, retries with backoff for transient failures
 only (timeouts, HTTP 5xx and 429), redirects followed by hand and re-checked at every hop, a byte cap,
 an `X-Robots-Tag` opt-out check before the body is read, and connects only to addresses the
-`AddressPolicy` allows. The same URL is requested once while recent (LAION repeats URLs). A row's failure
-is data (`Download.status`), never an exception.
+`AddressPolicy` allows. A redirect to a URL on the blocklist is not followed, and a body whose hash is on it is
+dropped before anything keeps it. The same URL is requested once while recent (LAION repeats URLs). A row's
+failure is data (`Download.status`), never an exception.
 """
 
 import asyncio
@@ -27,10 +28,11 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from yarl import URL
 
+from map_fns.blocklist import Blocklist
 from map_fns.images import one_line
 from map_fns.net_policy import AddressPolicy
 from map_fns.optout import is_opted_out
-from map_fns.status import BLOCKED, FETCH_ERROR, INVALID_URL, OK, OPTED_OUT
+from map_fns.status import BLOCKED, BLOCKED_BY_LIST, FETCH_ERROR, INVALID_URL, OK, OPTED_OUT
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +205,16 @@ class Downloader:
         policy: AddressPolicy,
         respect_optouts: bool,
         recent_bytes: int,
+        blocklist: Blocklist | None = None,
     ):
         self._settings = dict(timeout=timeout, deadline=deadline, max_bytes=max_bytes, max_redirects=max_redirects,
                               retries=retries, backoff=backoff, user_agent=user_agent, concurrency=concurrency,
-                              policy=policy, respect_optouts=respect_optouts, recent_bytes=recent_bytes)  # fmt: skip
+                              policy=policy, respect_optouts=respect_optouts, recent_bytes=recent_bytes,
+                              blocklist=blocklist)  # fmt: skip
         self._timeout, self._deadline, self._max_bytes = timeout, deadline, max_bytes
         self._max_redirects, self._retries, self._backoff = max_redirects, retries, backoff
         self._user_agent, self._policy, self._respect_optouts = user_agent, policy, respect_optouts
+        self._blocklist = blocklist or None  # an empty list checks nothing
         self._recent = RecentOutcomes(recent_bytes)  # these two: only ever touched on the loop thread
         self._in_flight: dict[str, asyncio.Future[Download]] = {}
         self._loop = asyncio.new_event_loop()
@@ -291,6 +296,9 @@ class Downloader:
             except Exception as e:
                 log.debug("fetching %s failed", url, exc_info=True)
                 return Download(FETCH_ERROR, _reason(e), None)
+        listed = self._blocklist.content_reason(body) if self._blocklist else None
+        if listed:  # dropped here, before it is kept among the recent outcomes or decoded
+            return Download(BLOCKED_BY_LIST, listed, None)
         return Download(OK, None, body)
 
     async def _follow(self, url: str) -> bytes:
@@ -298,6 +306,9 @@ class Downloader:
         give_up_at = self._loop.time() + self._deadline
         for _ in range(self._max_redirects + 1):
             self._check_ip_literal(url)
+            listed = self._blocklist.url_reasons([url])[0] if self._blocklist else None
+            if listed:  # a redirect's target (the fetch stage never hands over a listed URL)
+                raise _Failure(BLOCKED_BY_LIST, listed)
             result = await self._retrying(url, give_up_at)
             if isinstance(result, bytes):
                 return result

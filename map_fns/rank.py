@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from map_fns.clip_score import ClipScorer
+from map_fns.clip_score import shared_scorer
 from map_fns.flags import at_least, clip_spec
 from map_fns.precision import resolve_dtype
 from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
@@ -58,15 +58,16 @@ def make_rank_fn(cfg: RankConfig, device: str | torch.device, *, precision: str 
     `cfg.keep_all_candidates` `candidates` and `candidate_similarities` (else null).
 
     `precision` is resolved for `device` (`map_fns.precision`); images go through CLIP `model_batch_size` at a
-    time, or as many as fit in free memory for 0.
+    time, or as many as fit in free memory for 0. A row's `_image_embedding` made by the same model (the screen
+    stage's, when it reads the ranker's CLIP) stands in for running the image tower again.
     """
-    scorer = ClipScorer(cfg.ranker, device, dtype=resolve_dtype(precision, device, "open_clip"),
-                        model_batch_size=model_batch_size)
+    scorer = shared_scorer(cfg.ranker, device, dtype=resolve_dtype(precision, device, "open_clip"),
+                           model_batch_size=model_batch_size)
 
     def rank(rows: dict[str, list]) -> dict[str, list]:
         if not all(rows["_candidates"]):
             raise ValueError("a row has status ok but no candidates; the captioner must mark it no_caption")
-        scores = scorer.similarities(rows["_image"], rows["_candidates"])
+        scores = scorer.similarities(rows["_image"], rows["_candidates"], rows.get("_image_embedding"))
         kept = [top_k_by_score(candidates, row_scores, cfg.keep_top)
                 for candidates, row_scores in zip(rows["_candidates"], scores)]
         every = cfg.keep_all_candidates

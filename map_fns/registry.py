@@ -2,8 +2,9 @@
 
     source rows: URL, TEXT, image?, _row_key, other source columns
       fetch    URL (image)              -> status, error, image_width, image_height, _image
+      screen   _image                   -> punsafe_pred, aesthetic, status (filtered), error, _image_embedding
       caption  _image, _row_key         -> _candidates, status (no_caption), error
-      rank     _image, _candidates      -> all_captions, all_similarities
+      rank     _image, _candidates      -> all_captions, all_similarities (reusing _image_embedding)
       rerank   _image, all_captions     -> rerank_similarities, top_caption_raw
       repair   top_caption_raw          -> top_caption
     output: source columns, then the stages' columns (internal `_` ones dropped)
@@ -16,10 +17,10 @@ here.
 
 from __future__ import annotations
 
-from map_fns import caption, fetch, rank, repair, rerank
+from map_fns import caption, fetch, rank, repair, rerank, screen
 from map_fns.stage import Stage
 
-STAGES: list[Stage] = [fetch.STAGE, caption.STAGE, rank.STAGE, rerank.STAGE, repair.STAGE]
+STAGES: list[Stage] = [fetch.STAGE, screen.STAGE, caption.STAGE, rank.STAGE, rerank.STAGE, repair.STAGE]
 
 
 def check_chain(stages: list[Stage], source_columns: set[str]) -> None:
