@@ -130,9 +130,10 @@ class Blocklist:
         reasons: list[str | None] = [None] * len(urls)
         rows = [row for row, url in enumerate(urls) if isinstance(url, str)] if self else []
         encoded = [urls[row].encode("utf-8", "surrogatepass") for row in rows]
-        checks = [(self._urls, _sha256, "URL"), (self._sha256, _sha256, "URL's SHA-256"), (self._md5, _md5, "URL's MD5")]
+        checks = ((self._urls, _sha256, "URL"), (self._sha256, _sha256, "URL's SHA-256"),
+                  (self._md5, _md5, "URL's MD5"))  # in order of precedence: the first reason found is given
         digests: dict[Callable, np.ndarray] = {}
-        for table, digest, what in checks:  # in order of precedence: the first reason found is given
+        for table, digest, what in checks:
             if not len(table) or not rows:
                 continue
             if digest not in digests:
