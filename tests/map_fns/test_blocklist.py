@@ -72,7 +72,8 @@ def test_a_digest_is_checked_as_a_url_hash_and_as_an_image_hash(tmp_path):
 def test_near_misses_do_not_match(tmp_path):
     url = "https://cdn.example.com/photos/a.jpg"
     blocklist = Blocklist.load([write(tmp_path / "l.txt", url, sha256(JPEG), md5(JPEG + b"1"))])
-    near = ["https://cdn.example.com/photos/b.jpg", "https://cdn.example.com/photos/", "https://cdn.example.com/photos/a",
+    near = ["https://cdn.example.com/photos/b.jpg", "https://cdn.example.com/photos/",
+            "https://cdn.example.com/photos/a",
             url + "/", url + "?", "http://cdn.example.com/photos/a.jpg", "HTTPS://cdn.example.com/photos/a.jpg",
             " " + url, ""]
     assert blocklist.url_reasons(near) == [None] * len(near)
