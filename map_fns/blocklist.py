@@ -37,7 +37,7 @@ from map_fns.images import one_line
 
 KEY = np.dtype("S16")  # a 128-bit key; numpy compares fixed-width bytes bytewise
 HUB_PREFIX = "hf://"
-_READ_BYTES = 16 * 2**20  # lines parsed at a time: bounds what a load needs on top of the tables (64 MiB tripled the peak)
+_READ_BYTES = 16 * 2**20  # lines parsed at a time: bounds the load's memory on top of the tables (64 MiB tripled it)
 _FORMS = "a URL (containing ://), an MD5 (32 hex digits) or a SHA-256 (64 hex digits)"
 _HUB_FORMS = "expected hf://datasets/ORG/REPO[@REVISION]/PATH or hf://ORG/REPO[@REVISION]/PATH"
 
