@@ -177,7 +177,8 @@ def _locate(source: str) -> tuple[str, Path]:
 
 
 def _download(source: str) -> Path:
-    """A Hub file, fetched into (or, offline, found in) huggingface_hub's cache."""
+    """A Hub file, fetched into (or, offline, found in) huggingface_hub's cache. The client is imported here: a
+    run with local lists only never loads it."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError, RepositoryNotFoundError,
@@ -259,6 +260,7 @@ def _parse(lines: list[bytes], first_number: int, source: str) -> dict[str, np.n
 
 
 def _raise_first_bad_line(lines: list[bytes], first_number: int, source: str) -> None:
+    """The slow path, taken only when a chunk's joint check failed: find the line and name it."""
     for number, line in enumerate(lines, first_number):
         entry = line.strip()
         if b"://" in entry:
