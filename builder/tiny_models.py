@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from builder.tiny_heads import build_tiny_head, tiny_head_file
+
 if TYPE_CHECKING:  # torch and the model libraries load only when a model is actually built
     import torch
     from transformers import BertTokenizer, BlipForConditionalGeneration, BlipProcessor, T5Tokenizer
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 VERSION_DIR = "tiny-v1"  # bump when any tiny model changes, so stale caches are never reused
 SEED = 0
+EMBED_DIM = 32  # the tiny CLIPs' embedding width, which the tiny heads read
 BLIP_IMAGE_SIZE = 64
 LOCAL_DIR_PREFIX = "local-dir:"
 
@@ -62,6 +65,8 @@ class TinyModelPaths:
     ranker: str  # open_clip spec "local-dir:/abs/path" (ViT)
     reranker: str  # open_clip spec "local-dir:/abs/path" (ModifiedResNet)
     repairer: str  # directory for AutoTokenizer / AutoModelForSeq2SeqLM.from_pretrained
+    punsafe_head: str  # file of the NSFW head's layout, on the ranker's embeddings (builder/tiny_heads.py)
+    aesthetic_head: str  # file of the aesthetic head's layout, likewise
 
 
 def tiny_model_paths(cache_dir: str | Path) -> TinyModelPaths:
@@ -70,12 +75,14 @@ def tiny_model_paths(cache_dir: str | Path) -> TinyModelPaths:
 
 
 def model_paths(root: Path) -> TinyModelPaths:
-    """The four models' places under `root` (one folder each), as the stage configs name them."""
+    """The models' places under `root` (one folder each), as the stage configs name them."""
     return TinyModelPaths(
         captioner=str(root / "captioner"),
         ranker=LOCAL_DIR_PREFIX + str(root / "ranker"),
         reranker=LOCAL_DIR_PREFIX + str(root / "reranker"),
         repairer=str(root / "repairer"),
+        punsafe_head=str(root / "punsafe_head" / tiny_head_file("punsafe")),
+        aesthetic_head=str(root / "aesthetic_head" / tiny_head_file("aesthetic")),
     )
 
 
@@ -91,6 +98,8 @@ def build_tiny_models(cache_dir: str | Path) -> TinyModelPaths:
         "ranker": _save_clip_vit,
         "reranker": _save_clip_resnet,
         "repairer": _save_t5,
+        "punsafe_head": lambda out: build_tiny_head("punsafe", EMBED_DIM, out),
+        "aesthetic_head": lambda out: build_tiny_head("aesthetic", EMBED_DIM, out),
     }
     for name, save in builders.items():
         _build_once(root / name, save)
@@ -276,7 +285,7 @@ def _save_open_clip(out: Path, model_cfg: dict, prepare: Callable[[torch.nn.Modu
 def _save_clip_vit(out: Path) -> None:
     vision_cfg = {"image_size": 32, "patch_size": 8, "width": 32, "head_width": 16, "layers": 2}
     _save_open_clip(
-        out, {"embed_dim": 32, "quick_gelu": True, "vision_cfg": vision_cfg, "text_cfg": _clip_text_cfg()}
+        out, {"embed_dim": EMBED_DIM, "quick_gelu": True, "vision_cfg": vision_cfg, "text_cfg": _clip_text_cfg()}
     )
 
 
