@@ -179,11 +179,15 @@ def _recognise(state, kind: str, fail) -> Layout:
     for layout in LAYOUTS[kind]:
         if keys == layout.keys():
             return layout
-    other = [(k, layout) for k, layouts in LAYOUTS.items() if k != kind for layout in layouts if keys == layout.keys()]
-    if other:
-        fail(f"is a {other[0][0]} head ({other[0][1].name}), not a {kind} head")
-    expected = " or ".join(f"{layout.name} ({_shown(layout.keys())})" for layout in LAYOUTS[kind])
-    fail(f"is no {kind} head: its keys ({_shown(keys) or 'none'}) are not those of the {expected}")
+    for other_kind, layouts in LAYOUTS.items():
+        for layout in layouts:
+            if keys == layout.keys():
+                fail(f"holds the {layout.name}, which belongs in --{other_kind}_head")
+    closest = max(LAYOUTS[kind], key=lambda layout: len(keys & layout.keys()))
+    missing, extra = closest.keys() - keys, keys - closest.keys()
+    differences = [f"lacks {_shown(missing)}"] if missing else []
+    differences += [f"has {_shown(extra)} in addition"] if extra else []
+    fail(f"is no {kind} head: next to the {closest.name}, it {' and '.join(differences)}")
 
 
 def _check_shapes(state, layout: Layout, fail) -> None:
