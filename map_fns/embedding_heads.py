@@ -139,10 +139,27 @@ def _head_file(spec: str, fail) -> str:
     if local.is_absolute() or spec.startswith((".", "~")) or len(parts) < 3 or not all(parts):
         fail("no such file (expected a local file or a Hub file ORG/REPO/FILENAME)")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
+    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
     try:
-        return hf_hub_download("/".join(parts[:2]), "/".join(parts[2:]))
+        return hf_hub_download(repo_id, filename)
+    except GatedRepoError:
+        fail(f"{repo_id} is gated on the Hub: accept its terms there, then log in (HF_TOKEN or `hf auth login`)")
+    except RepositoryNotFoundError:
+        fail(f"no such local file, and the Hub has no repo {repo_id} (a private one needs a token)")
+    except RemoteEntryNotFoundError:
+        fail(f"no such local file, and the Hub repo {repo_id} has no file {filename}")
+    except LocalEntryNotFoundError:
+        fail("no such local file, nor in the Hugging Face cache, and the Hub cannot be reached (offline?)")
     except (EntryNotFoundError, HfHubHTTPError, HFValidationError, OSError) as err:
         fail(f"not a local file, and the Hub file cannot be had ({type(err).__name__}: {one_line(err)})")
 

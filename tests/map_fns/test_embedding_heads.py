@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from builder.tiny_heads import build_tiny_head
-from map_fns.embedding_heads import load_head
+from map_fns.embedding_heads import PUNSAFE_HEAD, load_head
 
 REPO = Path(__file__).resolve().parents[2]
 INPUT_DIM = 24
@@ -21,21 +21,20 @@ NSFW_KEYS = {"norm.mean", "norm.variance"} | {f"linear_{i}.{p}" for i in range(1
 IMPROVED_AESTHETIC_KEYS = {f"layers.{i}.{p}" for i in (0, 2, 4, 6, 7) for p in ("weight", "bias")}
 HUB_ROUND_TRIP = """
 import json, sys
-import torch
 from huggingface_hub import HfApi
 from map_fns.embedding_heads import load_head
-local_file, embeddings_file = sys.argv[1:]
-api = HfApi()
-api.create_repo("org/heads")
-api.upload_file(path_or_fileobj=local_file, path_in_repo="nsfw/tiny.pth", repo_id="org/heads")
-embeddings = torch.load(embeddings_file)
-result = {"scores": load_head("org/heads/nsfw/tiny.pth", "punsafe", "cpu")(embeddings)}
-for missing in ("org/heads/nsfw/other.pth", "org/no-such-repo/tiny.pth"):
+local_file, embeddings_file, *refused = sys.argv[1:]
+if local_file:
+    import torch
+    api = HfApi()
+    api.create_repo("org/heads")
+    api.upload_file(path_or_fileobj=local_file, path_in_repo="nsfw/tiny.pth", repo_id="org/heads")
+    print(json.dumps(load_head("org/heads/nsfw/tiny.pth", "punsafe", "cpu")(torch.load(embeddings_file))))
+for spec in refused:
     try:
-        load_head(missing, "punsafe", "cpu")
+        load_head(spec, "punsafe", "cpu")
     except ValueError as err:
-        result[missing] = str(err)
-print(json.dumps(result))
+        print(json.dumps(str(err)))
 """
 
 
@@ -145,17 +144,31 @@ def test_a_safetensors_file_loads_like_the_torch_file(heads, tmp_path):
         load_head(heads["punsafe"], "punsafe", "cpu")(embeddings)
 
 
+def _hub_client(hub_server, *args: str, offline: bool = False) -> list:
+    """What HUB_ROUND_TRIP printed, one JSON value a line, run against the loopback Hub."""
+    env = {**hub_server.env(), **({"HF_HUB_OFFLINE": "1"} if offline else {})}
+    proc = subprocess.run([sys.executable, "-c", HUB_ROUND_TRIP, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
 def test_a_hub_file_loads_through_the_hub_client(heads, hub_server, tmp_path):
     embeddings = _embeddings(8)
     torch.save(embeddings, tmp_path / "embeddings.pt")
-    proc = subprocess.run([sys.executable, "-c", HUB_ROUND_TRIP, heads["punsafe"], str(tmp_path / "embeddings.pt")],
-                          cwd=REPO, env=hub_server.env(), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout)
-    assert result.pop("scores") == load_head(heads["punsafe"], "punsafe", "cpu")(embeddings)
-    assert hub_server.repo("org/heads", "models").history()[-1].files["nsfw/tiny.pth"].sha256  # stored via LFS
-    for spec, message in result.items():
-        assert "\n" not in message and repr(spec) in message and "Hub" in message, message
+    hub_server.add_repo("org/gated", Path(heads["punsafe"]).parent, gated=True)
+    refused = {"org/heads/nsfw/other.pth": "Hub repo org/heads has no file nsfw/other.pth",
+               "org/no-such-repo/tiny.pth": "Hub has no repo org/no-such-repo",
+               "org/gated/tiny-punsafe-head.pth": "org/gated is gated on the Hub: accept its terms"}
+    scores, *errors = _hub_client(hub_server, heads["punsafe"], str(tmp_path / "embeddings.pt"), *refused)
+    assert scores == load_head(heads["punsafe"], "punsafe", "cpu")(embeddings)
+    for (spec, reason), message in zip(refused.items(), errors, strict=True):
+        assert "\n" not in message and repr(spec) in message and reason in message, message
+
+
+def test_the_default_head_offline_and_not_cached_is_refused_in_one_line(hub_server):
+    [message] = _hub_client(hub_server, "", "", PUNSAFE_HEAD, offline=True)
+    assert "\n" not in message and repr(PUNSAFE_HEAD) in message and "the Hub cannot be reached" in message
 
 
 def _saved(tmp_path: Path, state) -> str:
