@@ -176,44 +176,43 @@ def _saved(tmp_path: Path, state) -> str:
     return str(tmp_path / "head.pth")
 
 
+def _written(tmp_path: Path, data: bytes) -> str:
+    (tmp_path / "head.pth").write_bytes(data)
+    return str(tmp_path / "head.pth")
+
+
 def _nsfw_state(heads, **changes) -> dict:
+    """The tiny NSFW head's tensors with `changes` made (a None removes the key)."""
     state = torch.load(heads["punsafe"], weights_only=True)
     state.update(changes)
     return {key: value for key, value in state.items() if value is not None}
 
 
-@pytest.mark.parametrize("case, words", [
-    ("missing file", ("no such file",)),
-    ("two-part name", ("no such file", "ORG/REPO/FILENAME")),
-    ("not weights", ("cannot be read as weights",)),
-    ("pickled module", ("cannot be read as weights",)),  # weights_only: no code from the file runs
-    ("a list", ("holds a list",)),
-    ("aesthetic file", ("improved aesthetic predictor", "--aesthetic_head")),
-    ("a layer missing", ("is no punsafe head", "lacks linear_4.bias, linear_4.weight")),
-    ("an extra key", ("is no punsafe head", "has linear_5.weight in addition")),
-    ("layers that do not chain", ("linear_2.weight [16, 12]", "taking the 16 features")),
-    ("two outputs", ("gives 2 numbers",)),
-    ("statistics of another width", ("norm.variance has shape [23], not [24]",)),
+@pytest.mark.parametrize("make_spec, words", [
+    pytest.param(lambda heads, tmp: str(tmp / "nope.pth"), ("no such file",), id="missing file"),
+    pytest.param(lambda heads, tmp: "heads/nope.pth", ("no such file", "ORG/REPO/FILENAME"), id="two-part name"),
+    pytest.param(lambda heads, tmp: _written(tmp, b"<html>404</html>"), ("cannot be read as weights",),
+                 id="not weights"),
+    pytest.param(lambda heads, tmp: _saved(tmp, torch.nn.Linear(INPUT_DIM, 1)), ("cannot be read as weights",),
+                 id="pickled module"),  # weights_only: no code from the file runs
+    pytest.param(lambda heads, tmp: _saved(tmp, [torch.ones(3)]), ("holds a list",), id="a list"),
+    pytest.param(lambda heads, tmp: heads["aesthetic"], ("improved aesthetic predictor", "--aesthetic_head"),
+                 id="aesthetic file"),
+    pytest.param(lambda heads, tmp: _saved(tmp, _nsfw_state(heads, **{"linear_4.weight": None,
+                                                                      "linear_4.bias": None})),
+                 ("is no punsafe head", "lacks linear_4.bias, linear_4.weight"), id="a layer missing"),
+    pytest.param(lambda heads, tmp: _saved(tmp, _nsfw_state(heads, **{"linear_5.weight": torch.ones(1, 1)})),
+                 ("is no punsafe head", "has linear_5.weight in addition"), id="an extra key"),
+    pytest.param(lambda heads, tmp: _saved(tmp, _nsfw_state(heads, **{"linear_2.weight": torch.ones(16, 12)})),
+                 ("linear_2.weight [16, 12]", "taking the 16 features"), id="layers that do not chain"),
+    pytest.param(lambda heads, tmp: _saved(tmp, _nsfw_state(heads, **{"linear_4.weight": torch.ones(2, 16),
+                                                                      "linear_4.bias": torch.ones(2)})),
+                 ("gives 2 numbers",), id="two outputs"),
+    pytest.param(lambda heads, tmp: _saved(tmp, _nsfw_state(heads, **{"norm.variance": torch.ones(INPUT_DIM - 1)})),
+                 ("norm.variance has shape [23], not [24]",), id="statistics of another width"),
 ])
-def test_an_unusable_punsafe_head_is_refused_in_one_line(heads, tmp_path, case, words):
-    spec = {
-        "missing file": lambda: str(tmp_path / "nope.pth"),
-        "two-part name": lambda: "heads/nope.pth",
-        "not weights": lambda: (tmp_path / "head.pth").write_bytes(b"<html>not found</html>") and
-        str(tmp_path / "head.pth"),
-        "pickled module": lambda: _saved(tmp_path, torch.nn.Linear(INPUT_DIM, 1)),
-        "a list": lambda: _saved(tmp_path, [torch.ones(3)]),
-        "aesthetic file": lambda: heads["aesthetic"],
-        "a layer missing": lambda: _saved(tmp_path, _nsfw_state(heads, **{"linear_4.weight": None,
-                                                                         "linear_4.bias": None})),
-        "an extra key": lambda: _saved(tmp_path, _nsfw_state(heads, **{"linear_5.weight": torch.ones(1, 1)})),
-        "layers that do not chain": lambda: _saved(tmp_path, _nsfw_state(heads, **{
-            "linear_2.weight": torch.ones(16, 12)})),
-        "two outputs": lambda: _saved(tmp_path, _nsfw_state(heads, **{
-            "linear_4.weight": torch.ones(2, 16), "linear_4.bias": torch.ones(2)})),
-        "statistics of another width": lambda: _saved(tmp_path, _nsfw_state(heads, **{
-            "norm.variance": torch.ones(INPUT_DIM - 1)})),
-    }[case]()
+def test_an_unusable_punsafe_head_is_refused_in_one_line(heads, tmp_path, make_spec, words):
+    spec = make_spec(heads, tmp_path)
     with pytest.raises(ValueError) as err:
         load_head(spec, "punsafe", "cpu")
     _assert_one_line_naming(err, spec, *words)
