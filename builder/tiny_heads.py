@@ -34,10 +34,10 @@ def build_tiny_head(kind: str, input_dim: int, folder: str | Path) -> str:
         # input (the bare normalised embedding) takes unit variance, one whose coordinates are about 1 takes
         # 1 / fan_in, doubled after a ReLU, which zeroes half of them.
         if i == 0:
-            spread = 1.0 if not layout.standardize else widths[i] ** -0.5
+            std = 1.0 if not layout.standardize else widths[i] ** -0.5
         else:
-            spread = ((2 if layout.relu else 1) / widths[i]) ** 0.5
-        state[state_key(prefix, "weight")] = torch.randn(widths[i + 1], widths[i], generator=generator) * spread
+            std = ((2 if layout.relu else 1) / widths[i]) ** 0.5
+        state[state_key(prefix, "weight")] = torch.randn(widths[i + 1], widths[i], generator=generator) * std
         state[state_key(prefix, "bias")] = torch.randn(widths[i + 1], generator=generator) * 0.1
     if kind == "aesthetic":
         state[state_key(layout.linears[-1], "bias")] += AESTHETIC_MIDDLE
