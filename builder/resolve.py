@@ -34,6 +34,7 @@ from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_st
 from builder.config import BuildConfig, ConfigError
 from map_fns import captioners, repair, rerank
 from map_fns.clip_score import parse_clip_spec
+from map_fns.embedding_heads import hub_file
 from map_fns.images import one_line
 
 LOGIN = "HF_TOKEN or `hf auth login`"
@@ -280,10 +281,29 @@ class ModelFlag:
             raise ConfigError(f"--{self.flag} {self.value!r} {problem}") from None
 
 
+def _find_head(spec: str, hub: Hub) -> None:
+    """An embedding head's file: local, or a Hub file ORG/REPO/FILENAME (its layout is checked when it loads)."""
+    if Path(spec).expanduser().is_file():
+        return
+    on_hub = hub_file(spec)
+    if on_hub is None:
+        raise _Problem("is neither a file that exists nor a Hub file ORG/REPO/FILENAME")
+    repo_id, filename = on_hub
+    if HubFiles(hub, repo_id).first_of((filename,)) is None:
+        raise _Problem(f"is not a file of the Hub repo {repo_id}")
+
+
+def _nothing_to_match(spec: str, config: None, hub: Hub) -> None:
+    """A model whose files `find` checked in full."""
+
+
 def model_flags(cfg: BuildConfig) -> list[ModelFlag]:
     """Every model the run loads."""
     flags = [ModelFlag("captioner", cfg.caption.captioner, _find_transformers, _match_captioner),
              ModelFlag("ranker", cfg.rank.ranker, _find_open_clip, _match_open_clip)]
+    if cfg.screen.heads:
+        flags.append(ModelFlag("screen_clip", cfg.screen.screen_clip, _find_open_clip, _match_open_clip))
+        flags += [ModelFlag(f"{kind}_head", spec, _find_head, _nothing_to_match) for kind, spec in cfg.screen.heads.values()]
     if cfg.rerank.reranker != rerank.NONE:
         flags.append(ModelFlag("reranker", cfg.rerank.reranker, _find_open_clip, _match_open_clip))
     if cfg.repair.repairer != repair.NONE:

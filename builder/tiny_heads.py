@@ -17,6 +17,11 @@ HIDDEN_WIDTH = 16  # every hidden layer; the real ones are 64-512 (NSFW) and 16-
 AESTHETIC_MIDDLE = 5.0  # the tiny aesthetic head's scores centre here, mid-way on the real head's 1-10 scale
 
 
+def tiny_head_file(kind: str) -> str:
+    """The file name `build_tiny_head` gives a `kind` head."""
+    return f"tiny-{kind}-head.pth"
+
+
 def build_tiny_head(kind: str, input_dim: int, folder: str | Path) -> str:
     """Write a tiny `kind` head taking `input_dim`-wide embeddings into `folder`; return its spec (a path)."""
     import torch
@@ -41,7 +46,7 @@ def build_tiny_head(kind: str, input_dim: int, folder: str | Path) -> str:
         state[state_key(prefix, "bias")] = torch.randn(widths[i + 1], generator=generator) * 0.1
     if kind == "aesthetic":
         state[state_key(layout.linears[-1], "bias")] += AESTHETIC_MIDDLE
-    path = Path(folder).resolve() / f"tiny-{kind}-head.pth"
+    path = Path(folder).resolve() / tiny_head_file(kind)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, path)
     return str(path)

@@ -8,6 +8,7 @@ exactly as the run did, and only its few rows.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 
 from PIL import Image
@@ -36,6 +37,9 @@ def thumbnails(urls: list[str | None], images: list | None, fetch: FetchConfig, 
     if not urls:
         return []
     batch = {"URL": urls, **({"image": images} if images is not None else {})}
-    fetched = make_fetch_fn(fetch, read_local_files=read_local_files)(batch)
+    # The rows passed the score filters when they were made (their source columns are not at hand here); the
+    # blocklist still applies: a listed image the server now sends in their place is dropped, not shown.
+    unfiltered = dataclasses.replace(fetch, filter=[], max_punsafe=None, max_pwatermark=None)
+    fetched = make_fetch_fn(unfiltered, read_local_files=read_local_files)(batch)
     return [(data_uri(image, side), None) if status == OK else (None, f"{status}: {error}")
             for status, error, image in zip(fetched["status"], fetched["error"], fetched["_image"], strict=True)]

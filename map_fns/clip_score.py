@@ -185,6 +185,11 @@ class ClipScorer:
         self._pool = ThreadPoolExecutor(PREPROCESS_THREADS, thread_name_prefix="clip-preprocess")
         weakref.finalize(self, self._pool.shutdown, wait=False)
 
+    @property
+    def embedding_width(self) -> int:
+        """How many numbers an image embedding has (ViT-L/14: 768)."""
+        return self.model.visual.output_dim
+
     def image_embeddings(self, images: list[Image.Image]) -> list[ImageEmbedding]:
         """Each image's embedding (`encode_image`, not normalised) on the CPU, tagged with this model's spec so
         that `similarities` may take it instead of running the image tower again."""

@@ -128,6 +128,15 @@ def load_head(spec: str, kind: str, device) -> EmbeddingHead:
     return head
 
 
+def hub_file(spec: str) -> tuple[str, str] | None:
+    """(repo id, file name) of a spec that names a Hub file ORG/REPO/FILENAME, None for one that cannot (a path
+    that is absolute, relative to `.` or `~`, or of fewer parts)."""
+    parts = spec.split("/")
+    if Path(spec).is_absolute() or spec.startswith((".", "~")) or len(parts) < 3 or not all(parts):
+        return None
+    return "/".join(parts[:2]), "/".join(parts[2:])
+
+
 def _head_file(spec: str, fail) -> str:
     """A local path for `spec`: the file itself, or the Hub file downloaded into the cache."""
     if not isinstance(spec, str) or not spec.strip():
@@ -135,8 +144,8 @@ def _head_file(spec: str, fail) -> str:
     local = Path(spec).expanduser()
     if local.is_file():
         return str(local)
-    parts = spec.split("/")
-    if local.is_absolute() or spec.startswith((".", "~")) or len(parts) < 3 or not all(parts):
+    on_hub = hub_file(spec)
+    if on_hub is None:
         fail("no such file (expected a local file or a Hub file ORG/REPO/FILENAME)")
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import (
@@ -149,7 +158,7 @@ def _head_file(spec: str, fail) -> str:
         RepositoryNotFoundError,
     )
 
-    repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    repo_id, filename = on_hub
     try:
         return hf_hub_download(repo_id, filename)
     except GatedRepoError:

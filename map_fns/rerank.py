@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from map_fns.clip_score import ClipScorer
+from map_fns.clip_score import shared_scorer
 from map_fns.flags import NONE, clip_spec
 from map_fns.precision import resolve_dtype
 from map_fns.stage import Column, Stage, engine_loader, on_ok_rows
@@ -50,8 +50,8 @@ def make_rerank_fn(cfg: RerankConfig, device: str | torch.device, *, precision: 
     """
     if cfg.reranker == NONE:
         return on_ok_rows(_keep_ranker_best, WRITES)
-    scorer = ClipScorer(cfg.reranker, device, dtype=resolve_dtype(precision, device, "open_clip"),
-                        model_batch_size=model_batch_size)
+    scorer = shared_scorer(cfg.reranker, device, dtype=resolve_dtype(precision, device, "open_clip"),
+                           model_batch_size=model_batch_size)
 
     def rerank(rows: dict[str, list]) -> dict[str, list]:
         scores = scorer.similarities(rows["_image"], rows["all_captions"])

@@ -80,6 +80,12 @@ def make_screen_fn(cfg: ScreenConfig, device, *, precision: str = "auto",
     scorer = shared_scorer(cfg.screen_clip, device, dtype=resolve_dtype(precision, device, "open_clip"),
                            model_batch_size=model_batch_size)
     heads = {column: load_head(spec, kind, device) for column, (kind, spec) in cfg.heads.items()}
+    width = scorer.embedding_width
+    for (kind, spec), head in zip(cfg.heads.values(), heads.values()):
+        if head.input_dim != width:
+            raise ConfigError(f"--{kind}_head {spec!r} reads {head.input_dim}-wide embeddings, but --screen_clip "
+                              f"{cfg.screen_clip!r} makes {width}-wide ones (the heads LAION published read "
+                              "ViT-L-14/openai's 768)")
 
     def screen(rows: dict[str, list]) -> dict[str, list]:
         import torch

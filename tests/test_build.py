@@ -1,5 +1,6 @@
 """The whole builder through `accelerate launch` with 2 CPU workers, tiny models, and bad rows mixed in."""
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
+
+from map_fns.fetch import FetchConfig, make_fetch_fn
+from map_fns.screen import ScreenConfig, make_screen_fn
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 REPO = Path(__file__).resolve().parents[1]
@@ -35,18 +39,57 @@ def _rows(server, samples):
         ("http://169.254.169.254/latest/meta-data/", None, "cloud metadata", "blocked"),
         (server.url("/robots?tag=noai"), None, "opted out", "opted_out"),
         (server.url(f"/flaky-503?key={FLAKY_KEY}&fails=1"), None, "down once, then up", "fetch_error"),
+        (server.url(LISTED_URL_PATH), None, "listed URL", "blocked_by_list"),
+        (server.url(LISTED_BYTES_PATH), None, "listed image bytes, downloaded", "blocked_by_list"),
+        ("https://example.invalid/f.jpg", samples["png_l"].data, "listed image bytes, embedded", "blocked_by_list"),
+        ("https://example.invalid/g.jpg", samples["bmp"].data, "unsafe by the source's punsafe", "filtered"),
     ]
+
+
+LISTED_URL_PATH, LISTED_BYTES_PATH = "/img/png_rgb?listed-url", "/img/png_p?listed-bytes"
+SOURCE_UNSAFE = "unsafe by the source's punsafe"  # the row whose punsafe is over --max_punsafe
+
+
+def _blocklist(folder: Path, server, samples) -> Path:
+    """A list in the forms published lists use: a URL, an MD5 and a SHA-256 of image bytes."""
+    path = folder / "csam-hashes.txt"
+    path.write_text(f"# test list\n{server.url(LISTED_URL_PATH)}\n{hashlib.md5(samples['png_p'].data).hexdigest()}\n"
+                    f"{hashlib.sha256(samples['png_l'].data).hexdigest().upper()}\n")
+    return path
+
+
+def _threshold_and_statuses(rows, tiny_models) -> tuple[float, list[str]]:
+    """A --max_punsafe_pred with some of the ok rows' images above it and some below, and every row's status under
+    it: their images are scored here first, by the product's own fetch and screen stages."""
+    fetch = make_fetch_fn(FetchConfig(allow_networks="127.0.0.0/8", fetch_retries=0))
+    ok = [i for i, row in enumerate(rows) if row[3] == "ok"]
+    fetched = fetch({"URL": [rows[i][0] for i in ok], "image": [rows[i][1] for i in ok]})
+    screen = make_screen_fn(ScreenConfig(screen_clip=tiny_models.ranker, punsafe_head=tiny_models.punsafe_head,
+                                         aesthetic_head="none"), "cpu")
+    scores = screen({**fetched, "_image": fetched["_image"]})["punsafe_pred"]
+    ranked = sorted(set(scores))
+    low, high = max(zip(ranked, ranked[1:]), key=lambda pair: pair[1] - pair[0])  # the widest gap between scores
+    assert high - low > 1e-4, "the images' scores must differ by more than the processes' rounding"
+    threshold = (low + high) / 2
+    statuses = [row[3] for row in rows]
+    for i, score in zip(ok, scores):
+        statuses[i] = "filtered" if score > threshold else "ok"
+    return threshold, statuses
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, image_server, sample_images, tiny_models):
     rows = _rows(image_server, sample_images)
+    threshold, statuses = _threshold_and_statuses(rows, tiny_models)
+    rows = [(url, image, text, status) for (url, image, text, _), status in zip(rows, statuses)]
     source = tmp_path_factory.mktemp("source") / "mixed.parquet"
+    blocklist = _blocklist(source.parent, image_server, sample_images)
     table = pa.table({
         "url": [r[0] for r in rows],
         "caption": [r[2] for r in rows],
         "image": pa.array([r[1] for r in rows], pa.binary()),
         "row_id": list(range(len(rows))),
+        "punsafe": [0.9 if r[2] == SOURCE_UNSAFE else 0.1 for r in rows],
     })
     pq.write_table(table, source, row_group_size=len(rows) // 2 + 1)  # 2 row groups: 2 tasks
     output = tmp_path_factory.mktemp("out")
@@ -55,7 +98,8 @@ def built(tmp_path_factory, image_server, sample_images, tiny_models):
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml",
          "build.py", "--preset", "tiny", "--cache_dir", str(cache_dir), "--source", str(source),
          "--output_dir", str(output), "--batch_size", "3", "--allow_networks", "127.0.0.0/8",
-         "--fetch_retries", "0", "--rows_per_task", str(len(rows) // 2 + 1)],
+         "--fetch_retries", "0", "--rows_per_task", str(len(rows) // 2 + 1), "--blocklist", str(blocklist),
+         "--max_punsafe", "0.5", "--max_punsafe_pred", str(threshold)],
         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -97,9 +141,10 @@ def test_output_schema_and_card_follow_the_design(built):
     schemas = {pq.read_schema(f) for f in (output / "data").glob("*.parquet")}
     assert len(schemas) == 1
     schema = schemas.pop()
-    assert schema.names == ["URL", "TEXT", "image", "row_id", "top_caption", "top_caption_raw", "all_captions",
-                            "all_similarities", "rerank_similarities", "status", "error", "image_width",
-                            "image_height", "candidates", "candidate_similarities"]
+    assert schema.names == ["URL", "TEXT", "image", "row_id", "punsafe", "top_caption", "top_caption_raw",
+                            "all_captions", "all_similarities", "rerank_similarities", "status", "error",
+                            "image_width", "image_height", "punsafe_pred", "aesthetic", "candidates",
+                            "candidate_similarities"]
     assert schema.field("all_similarities").type == pa.list_(pa.float64())
     assert schema.field("image_width").type == pa.int32()
     card = (output / "README.md").read_text()
@@ -130,3 +175,37 @@ def test_retry_failed_refetches_only_fetch_errors_and_carries_the_rest(built, ti
             assert after[row_id]["status"] == "fetch_error"  # the 404 is retried and still fails
         else:
             assert after[row_id] == row  # carried over untouched
+
+
+def test_what_was_kept_out_was_never_fetched_stored_captioned_or_shown(built, image_server, sample_images, tmp_path):
+    rows, output, _ = built
+    got = {r["row_id"]: r for f in (output / "data").glob("*.parquet") for r in pq.read_table(f).to_pylist()}
+    kept_out = [i for i, row in enumerate(rows) if row[3] in ("blocked_by_list", "filtered")]
+    by_pred = [i for i in kept_out if rows[i][2] not in (SOURCE_UNSAFE,) and rows[i][3] == "filtered"]
+    assert len(kept_out) == 4 + len(by_pred) and by_pred  # three listed, one by the source's score, some by ours
+    assert image_server.count(LISTED_URL_PATH) == 0  # a listed URL is never requested
+    assert image_server.count(LISTED_BYTES_PATH) == 1  # listed bytes: downloaded once, never again
+    for i in kept_out:
+        row = got[i]
+        assert row["image"] is None  # embedded bytes are not stored either
+        assert row["top_caption"] is None and row["all_captions"] is None
+        assert (row["image_width"] is None) == (i not in by_pred)  # only our own score needed the image decoded
+        assert "\n" not in row["error"]
+    error = {rows[i][2]: got[i]["error"] for i in kept_out}
+    assert error["listed URL"] == "URL listed in csam-hashes.txt"
+    assert error["listed image bytes, downloaded"] == "image MD5 listed in csam-hashes.txt"
+    assert error["listed image bytes, embedded"] == "image SHA-256 listed in csam-hashes.txt"
+    assert error[SOURCE_UNSAFE] == "punsafe 0.9 fails filter punsafe<=0.5"
+    assert all(got[i]["error"].startswith("punsafe_pred ") and got[i]["punsafe_pred"] is not None for i in by_pred)
+    ok = [row for row in got.values() if row["status"] == "ok"]
+    assert ok and all(row["punsafe_pred"] is not None and row["aesthetic"] is not None for row in ok)
+    assert all(row["image"] is not None for row in ok if row["URL"].startswith("https://example.invalid"))
+
+    card = (output / "README.md").read_text()
+    listed = hashlib.sha256(_blocklist(tmp_path, image_server, sample_images).read_bytes()).hexdigest()
+    assert "| `blocked_by_list` | 3 |" in card and f"| `filtered` | {1 + len(by_pred)} |" in card
+    assert f"| `csam-hashes.txt` | 3 | `{listed}` |" in card
+    assert "`punsafe<=0.5`" in card and "were not captioned" in card
+    shown = card + (output / "gallery.html").read_text()
+    for i in kept_out:  # neither the card's examples nor the gallery show a kept-out row
+        assert not [text for text in (rows[i][0], rows[i][2]) if text and text in shown]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from builder.tiny_models import LOCAL_DIR_PREFIX
+from map_fns.embedding_heads import AESTHETIC_HEAD, PUNSAFE_HEAD, hub_file
 
 REPO = Path(__file__).resolve().parents[2]
 CHECK_MODELS = """
@@ -34,6 +35,7 @@ except ConfigError as err:
 DOWNLOAD = "import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1])"
 LOGIN = "HF_TOKEN or `hf auth login`"
 RN50X64_WEIGHTS_REPO = "timm/resnet50x64_clip.openai"  # where open_clip's table sends RN50x64/openai
+VIT_L14_WEIGHTS_REPO = "timm/vit_large_patch14_clip_224.openai"  # and ViT-L-14/openai, the heads' default CLIP
 
 
 def _python(code: str, *args: str, env: dict) -> subprocess.CompletedProcess:
@@ -71,12 +73,20 @@ def _local_dir(spec: str) -> Path:
 
 
 @pytest.fixture
-def hub(hub_server, tiny_models):
-    """The loopback Hub holding the tiny models as Hub repos, and open_clip weights where RN50x64/openai's are."""
+def hub(hub_server, tiny_models, tmp_path):
+    """The loopback Hub holding the tiny models as Hub repos, open_clip weights where RN50x64/openai's and
+    ViT-L-14/openai's are, and heads where the default heads are."""
     hub_server.add_repo("org/blip", tiny_models.captioner)
     hub_server.add_repo("org/t5", tiny_models.repairer)
     hub_server.add_repo("org/clip", _local_dir(tiny_models.ranker))
     hub_server.add_repo(RN50X64_WEIGHTS_REPO, _local_dir(tiny_models.reranker))  # not loaded: only looked up
+    hub_server.add_repo(VIT_L14_WEIGHTS_REPO, _local_dir(tiny_models.ranker))
+    for default, tiny in ((PUNSAFE_HEAD, tiny_models.punsafe_head), (AESTHETIC_HEAD, tiny_models.aesthetic_head)):
+        repo_id, filename = hub_file(default)  # the default heads' files, where the defaults name them
+        folder = tmp_path / repo_id
+        (folder / filename).parent.mkdir(parents=True)
+        shutil.copy(tiny, folder / filename)
+        hub_server.add_repo(repo_id, folder)
     return hub_server
 
 
@@ -101,7 +111,7 @@ def test_models_the_hub_has_pass_and_no_weights_are_downloaded(hub):
     assert _check_models(hub.env(), *_hub_flags()) is None
     cached = _cached_files(hub)
     assert {"config.json", "open_clip_config.json"} <= cached  # the configs the checks read
-    assert not [name for name in cached if name.endswith((".safetensors", ".bin"))]
+    assert not [name for name in cached if name.endswith((".safetensors", ".bin", ".pth", ".pt"))]
 
 
 @pytest.mark.timeout(120)
@@ -109,6 +119,18 @@ def test_a_mistyped_model_id_is_not_found(hub):
     assert _check_models(hub.env(), *_hub_flags(), "--repairer", "org/t5-grammar") == (
         f"--repairer 'org/t5-grammar' cannot be found: the Hub has no repo org/t5-grammar (check the spelling; "
         f"a private repo needs a token: {LOGIN})")
+
+
+@pytest.mark.timeout(120)
+def test_a_mistyped_head_is_not_found_and_a_switched_off_one_is_not_looked_up(hub, tmp_path):
+    repo_id, _ = hub_file(PUNSAFE_HEAD)
+    assert _check_models(hub.env(), *_hub_flags(), "--punsafe_head", f"{repo_id}/nsfw.pt") == (
+        f"--punsafe_head '{repo_id}/nsfw.pt' is not a file of the Hub repo {repo_id}")
+    missing = str(tmp_path / "head.pth")
+    assert _check_models(hub.env(), *_hub_flags(), "--aesthetic_head", missing) == (
+        f"--aesthetic_head {missing!r} is neither a file that exists nor a Hub file ORG/REPO/FILENAME")
+    assert _check_models(hub.env(), *_hub_flags(), "--aesthetic_head", "none", "--punsafe_head", "none",
+                         "--screen_clip", "ViT-H-14/laion2b_s32b_b79k") is None  # nothing screens: nothing to find
 
 
 @pytest.mark.timeout(120)
@@ -145,7 +167,8 @@ def test_offline_a_model_not_in_the_cache_fails_without_a_request(hub):
 
 @pytest.mark.timeout(120)
 def test_offline_or_with_the_hub_down_models_in_the_cache_pass(hub):
-    for repo_id in ("org/blip", "org/clip", RN50X64_WEIGHTS_REPO, "org/t5"):
+    heads = [hub_file(head)[0] for head in (PUNSAFE_HEAD, AESTHETIC_HEAD)]
+    for repo_id in ("org/blip", "org/clip", RN50X64_WEIGHTS_REPO, VIT_L14_WEIGHTS_REPO, "org/t5", *heads):
         assert _python(DOWNLOAD, repo_id, env=hub.env()).returncode == 0
     assert _check_models(_offline(hub.env()), *_hub_flags()) is None
     requests = hub.requests
@@ -232,12 +255,12 @@ def test_an_unknown_open_clip_model_or_tag_is_named_without_a_request(hub_server
 
 @pytest.mark.timeout(120)
 def test_a_builtin_tag_is_looked_up_where_open_clip_downloads_its_weights(hub, tiny_models):
-    assert _check_models(hub.env(), *_tiny_flags(tiny_models), "--ranker", "ViT-L-14/openai") == (
-        "--ranker 'ViT-L-14/openai' cannot be found: the Hub has no repo timm/vit_large_patch14_clip_224.openai "
+    assert _check_models(hub.env(), *_tiny_flags(tiny_models), "--ranker", "ViT-B-32/openai") == (
+        "--ranker 'ViT-B-32/openai' cannot be found: the Hub has no repo timm/vit_base_patch32_clip_224.openai "
         f"(check the spelling; a private repo needs a token: {LOGIN})")
-    hub.add_repo("timm/vit_large_patch14_clip_224.openai", tiny_models.repairer)  # a repo without open_clip weights
-    assert _check_models(hub.env(), *_tiny_flags(tiny_models), "--ranker", "ViT-L-14/openai") == (
-        "--ranker 'ViT-L-14/openai' has no weights on the Hub (timm/vit_large_patch14_clip_224.openai: "
+    hub.add_repo("timm/vit_base_patch32_clip_224.openai", tiny_models.repairer)  # a repo without open_clip weights
+    assert _check_models(hub.env(), *_tiny_flags(tiny_models), "--ranker", "ViT-B-32/openai") == (
+        "--ranker 'ViT-B-32/openai' has no weights on the Hub (timm/vit_base_patch32_clip_224.openai: "
         "open_clip_model.safetensors or open_clip_pytorch_model.bin)")
 
 

@@ -256,7 +256,7 @@ def test_rerank_none_keeps_the_ranker_best_without_loading_a_model(monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("reranker 'none' must not load a model")
 
-    monkeypatch.setattr(rerank_module, "ClipScorer", no_model)
+    monkeypatch.setattr(rerank_module, "shared_scorer", no_model)
     rerank = make_rerank_fn(RerankConfig(reranker="none"), "cpu", precision="bf16", model_batch_size=4)
     out = rerank({"status": [OK, FETCH_ERROR], "_image": [None, None], "all_captions": [["best", "second"], None]})
     assert out == {"rerank_similarities": [None, None], "top_caption_raw": ["best", None]}
@@ -270,8 +270,8 @@ def _recording_scorers(monkeypatch) -> list[ClipScorer]:
         made.append(ClipScorer(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(rank_module, "ClipScorer", scorer)
-    monkeypatch.setattr(rerank_module, "ClipScorer", scorer)
+    monkeypatch.setattr(rank_module, "shared_scorer", scorer)
+    monkeypatch.setattr(rerank_module, "shared_scorer", scorer)
     return made
 
 
