@@ -100,6 +100,8 @@ class FetchConfig:
     )
 
     def __post_init__(self):
+        # A list given twice (a saved config reused with the same flags) counts once.
+        self.blocklist, self.filter = list(dict.fromkeys(self.blocklist)), list(dict.fromkeys(self.filter))
         self.row_filters()  # a malformed --filter fails here, in one line
         for name in ("fetch_timeout", "fetch_deadline"):
             above(self, name, 0)

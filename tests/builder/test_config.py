@@ -4,6 +4,7 @@ Everything here is torch-free by design: flags are checked in a second, before a
 """
 
 import dataclasses
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -338,8 +339,11 @@ def _round_trip(cfg: BuildConfig, path: Path) -> BuildConfig:
         ["--preset", "tiny", "--repairer", "none"],
         ["--preset", "PRESET_FILE", "--top_k", "3"],
         ["--preset", "laion-idle-cap"],
+        ["--blocklist", "a list.txt", "--blocklist", "hf://datasets/org/lists/urls.txt", "b.txt", "--filter",
+         "punsafe<=0.5", "--filter=similarity>=-0.1", "--max_pwatermark", "0.8", "--max_punsafe_pred", "0.3",
+         "--aesthetic_head", "none"],
     ],
-    ids=["defaults", "many flags", "preset tiny", "preset file", "preset laion-idle-cap"],
+    ids=["defaults", "many flags", "preset tiny", "preset file", "preset laion-idle-cap", "safety lists"],
 )
 def test_saved_config_reproduces_the_run(tmp_path, argv):
     argv = [_yaml(tmp_path / "preset.yaml", {"top_p": 0.5, "seed": 3}) if arg == "PRESET_FILE" else arg for arg in argv]
@@ -355,6 +359,25 @@ def test_saved_config_reproduces_values_that_look_like_flags(tmp_path, flag, val
     section = next(name for name, cls in sections().items() if flag in {f.name for f in dataclasses.fields(cls)})
     assert getattr(getattr(cfg, section), flag) == value
     assert _round_trip(cfg, tmp_path / "build_config.yaml") == cfg
+
+
+def test_blocklists_and_filters_add_up_over_repeated_flags_yaml_and_preset(tmp_path):
+    config = _yaml(tmp_path / "run.yaml", {"blocklist": ["from-yaml.txt"], "filter": ["WIDTH>=64"]})
+    cfg = parse_config(["--output_dir", str(tmp_path / "out"), "--config", config, "--blocklist", "one.txt",
+                        "--blocklist", "two.txt", "--filter", "punsafe<0.5", "--blocklist", "one.txt"])
+    assert cfg.fetch.blocklist == ["from-yaml.txt", "one.txt", "two.txt"]
+    assert [str(f) for f in cfg.fetch.row_filters()] == ["WIDTH>=64", "punsafe<0.5"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--filter", "punsafe<=x"], "--filter must be COLUMN OP NUMBER"),
+    (["--max_punsafe_pred", "0.5", "--punsafe_head", "none"], "--max_punsafe_pred 0.5 needs a --punsafe_head"),
+    (["--screen_clip", "ViT-L-14"], "--screen_clip: invalid CLIP spec 'ViT-L-14'"),
+])
+def test_bad_safety_flags_are_one_line(tmp_path, argv, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        parse_config(["--output_dir", str(tmp_path / "out"), *argv])
+    assert "\n" not in str(err.value)
 
 
 # --- the real entry point, in a fresh interpreter ---------------------------------------------------------

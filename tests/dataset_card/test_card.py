@@ -1,6 +1,7 @@
 """The card of a real tiny build: YAML that round-trips and that `load_dataset` follows, and a body whose
 numbers match the parquet."""
 
+import hashlib
 import re
 from collections import Counter
 
@@ -13,6 +14,7 @@ from PIL import Image
 
 from builder.stats import error_reason
 from dataset_card.card import captioner_used, markdown_text, write_card
+from tests.dataset_card.conftest import LOOPBACK_GALLERY, run_inputs, url_row, write_output
 from dataset_card.metadata import size_category
 from map_fns.captioners import family_of
 
@@ -180,3 +182,31 @@ def test_a_captioner_whose_config_is_not_on_this_machine_is_not_named(tmp_path, 
     assert captioner_used(gone) == captioner_used(uncached) == (None, "auto")
     here = {"caption": {"captioner": tiny_models.captioner, "caption_prompt": "auto"}}
     assert captioner_used(here) == (family_of("blip"), "a picture of ")
+
+
+def test_the_card_says_what_was_kept_out_which_lists_and_which_filters(tmp_path, image_server):
+    listed = tmp_path / "hashes.txt"
+    listed.write_text("# two entries, one twice\nhttps://example.invalid/x.jpg\n" + "ab" * 16 + "\n" + "AB" * 16 + "\n")
+    rows = [url_row(image_server.url("/img/jpeg_rgb?kept-in"), "kept"),
+            url_row("https://example.invalid/x.jpg", "listed", "blocked_by_list", "URL listed in hashes.txt"),
+            url_row("https://example.invalid/y.jpg", "over", "filtered", "punsafe 0.91 fails filter punsafe<=0.5"),
+            url_row("https://example.invalid/z.jpg", "over too", "filtered", "punsafe 0.7 fails filter punsafe<=0.5")]
+    output = write_output(tmp_path / "out", rows, *LOOPBACK_GALLERY, "--blocklist", str(listed), "--max_punsafe",
+                          "0.5", "--filter", "WIDTH>=64")
+    write_card(output.path, output.chunks, output.inputs, output.stats)
+    kept_out = section(DatasetCard.load(output.path / "README.md"), "What was kept out")
+    tables = kept_out.split("\n\n")
+    statuses = {row[0]: row[1] for row in table_rows(next(t for t in tables if "| status |" in t))}
+    assert statuses == {"`blocked_by_list`": "1", "`filtered`": "2", "`blocked`": "0", "`opted_out`": "0"}
+    reasons = table_rows(next(t for t in tables if "| reason |" in t))
+    assert reasons == [[markdown_text("filtered: punsafe <value> fails filter punsafe<=0.5"), "2"],
+                       [markdown_text("blocked_by_list: URL listed in hashes.txt"), "1"]]
+    checksum = hashlib.sha256(listed.read_bytes()).hexdigest()
+    assert table_rows(next(t for t in tables if "| list |" in t)) == [["`hashes.txt`", "2", f"`{checksum}`"]]
+    assert "`WIDTH>=64`, `punsafe<=0.5`." in kept_out
+
+    listed.unlink()  # finished elsewhere, or the list moved: the card says so instead of failing the run
+    again = run_inputs(output.path, "--blocklist", str(listed))
+    assert again.blocklists == () and again.blocklists_unread == f"--blocklist {listed}: no such file"
+    write_card(output.path, output.chunks, again, output.stats)
+    assert "could not be read again when this card was made" in DatasetCard.load(output.path / "README.md").text
