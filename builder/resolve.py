@@ -303,7 +303,8 @@ def model_flags(cfg: BuildConfig) -> list[ModelFlag]:
              ModelFlag("ranker", cfg.rank.ranker, _find_open_clip, _match_open_clip)]
     if cfg.screen.heads:
         flags.append(ModelFlag("screen_clip", cfg.screen.screen_clip, _find_open_clip, _match_open_clip))
-        flags += [ModelFlag(f"{kind}_head", spec, _find_head, _nothing_to_match) for kind, spec in cfg.screen.heads.values()]
+        flags += [ModelFlag(f"{kind}_head", spec, _find_head, _nothing_to_match)
+                  for kind, spec in cfg.screen.heads.values()]
     if cfg.rerank.reranker != rerank.NONE:
         flags.append(ModelFlag("reranker", cfg.rerank.reranker, _find_open_clip, _match_open_clip))
     if cfg.repair.repairer != repair.NONE:

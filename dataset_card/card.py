@@ -115,8 +115,8 @@ def kept_out(stats: dict, config: dict) -> dict:
     fetch, screen = config["fetch"], config["screen"]
     filters = [*fetch["filter"], *(f"{column}<={fetch[f'max_{column}']:g}" for column in ("punsafe", "pwatermark")
                                    if fetch[f"max_{column}"] is not None)]
-    heads = {column: screen[flag] for column, flag in (("punsafe_pred", "punsafe_head"), ("aesthetic", "aesthetic_head"))
-             if screen[flag] != NONE}
+    heads = {column: screen[flag] for column, flag in (("punsafe_pred", "punsafe_head"),
+                                                       ("aesthetic", "aesthetic_head")) if screen[flag] != NONE}
     return {"statuses": statuses, "reasons": reasons[:MAX_ERROR_REASONS], "filters": filters, "heads": heads,
             "embedding": screen["screen_clip"], "max_punsafe_pred": screen["max_punsafe_pred"]}
 

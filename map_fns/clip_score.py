@@ -214,7 +214,9 @@ class ClipScorer:
         if len(images) != len(captions):
             raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
         rows = [i for i, row in enumerate(captions) if row]
-        known = {i: embeddings[i].vector for i in rows if embeddings and embeddings[i] and embeddings[i].model == self.spec}
+        mine = [embedding if embedding and embedding.model == self.spec else None for embedding in embeddings] \
+            if embeddings else [None] * len(images)
+        known = {i: mine[i].vector for i in rows if mine[i]}
         pixels = {i: self._pool.submit(self.preprocess, images[i]) for i in rows if i not in known}
         with torch.inference_mode():
             scored = self.batcher.map(rows, lambda chunk: self._score(

@@ -12,7 +12,7 @@ BLOCKED = "blocked"  # the host resolves to an address we never fetch from (loop
 OPTED_OUT = "opted_out"  # the server asked, with X-Robots-Tag, that the image not be used for AI
 NO_CAPTION = "no_caption"  # the captioner produced no non-empty candidate, or its processor refused the image
 BLOCKED_BY_LIST = "blocked_by_list"  # its URL, or its image bytes' hash, is on a --blocklist
-FILTERED = "filtered"  # a score filter kept it out: a source column (--filter, --max_punsafe, ...) or --max_punsafe_pred
+FILTERED = "filtered"  # a score filter kept it out: a source column (--filter, --max_punsafe, ...), --max_punsafe_pred
 
 # Rows whose image must never be stored or shown: their source image cell is emptied as soon as a stage sets one
 # of these, and they are never captioned.

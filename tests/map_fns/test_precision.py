@@ -39,6 +39,7 @@ def test_each_stage_asks_for_its_own_models_precision_on_a_gpu(tiny_models, monk
     """Under `auto` on CUDA the stages load BLIP and T5 in fp32 and both CLIPs in fp16 (recorded at the loader,
     so no GPU is needed)."""
     import map_fns.blip_decode
+    import map_fns.clip_score
     import map_fns.rank
     import map_fns.repair
     import map_fns.rerank
@@ -46,6 +47,7 @@ def test_each_stage_asks_for_its_own_models_precision_on_a_gpu(tiny_models, monk
     from map_fns.rank import RankConfig, make_rank_fn
     from map_fns.repair import RepairConfig, make_repair_fn
     from map_fns.rerank import RerankConfig, make_rerank_fn
+    from map_fns.screen import ScreenConfig, make_screen_fn
 
     asked = {}
 
@@ -56,17 +58,19 @@ def test_each_stage_asks_for_its_own_models_precision_on_a_gpu(tiny_models, monk
         return load
 
     monkeypatch.setattr(map_fns.blip_decode, "load_captioner", recorder("caption"))
-    monkeypatch.setattr(map_fns.rank, "ClipScorer", recorder("rank"))
-    monkeypatch.setattr(map_fns.rerank, "ClipScorer", recorder("rerank"))
+    monkeypatch.setattr(map_fns.clip_score, "shared_scorer", recorder("screen"))
+    monkeypatch.setattr(map_fns.rank, "shared_scorer", recorder("rank"))
+    monkeypatch.setattr(map_fns.rerank, "shared_scorer", recorder("rerank"))
     monkeypatch.setattr(map_fns.repair, "load_trained", recorder("repair"))
-    for make, cfg in ((make_caption_fn, CaptionConfig(captioner=tiny_models.captioner)),
+    for make, cfg in ((make_screen_fn, ScreenConfig(screen_clip=tiny_models.ranker)),
+                      (make_caption_fn, CaptionConfig(captioner=tiny_models.captioner)),
                       (make_rank_fn, RankConfig(ranker=tiny_models.ranker)),
                       (make_rerank_fn, RerankConfig(reranker=tiny_models.reranker)),
                       (make_repair_fn, RepairConfig(repairer=tiny_models.repairer))):
         with pytest.raises(_Loaded):
             make(cfg, "cuda", precision="auto")
-    assert asked == {"caption": torch.float32, "rank": torch.float16, "rerank": torch.float16,
-                     "repair": torch.float32}
+    assert asked == {"screen": torch.float16, "caption": torch.float32, "rank": torch.float16,
+                     "rerank": torch.float16, "repair": torch.float32}
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -26,6 +26,8 @@ GENERATED = {
     "error": pa.string(),
     "image_width": pa.int32(),
     "image_height": pa.int32(),
+    "punsafe_pred": pa.float64(),
+    "aesthetic": pa.float64(),
     "candidates": pa.list_(pa.string()),
     "candidate_similarities": pa.list_(pa.float64()),
 }
@@ -78,8 +80,8 @@ def _batch(start: int, failed: bool) -> dict[str, list]:
             "top_caption": [None, None], "top_caption_raw": [None, None], "all_captions": [None, None],
             "all_similarities": [None, None], "rerank_similarities": [None, None],
             "status": [FETCH_ERROR, DECODE_ERROR], "error": ["HTTP 404", "not an image"],
-            "image_width": [None, None], "image_height": [None, None],
-            "candidates": [None, None], "candidate_similarities": [None, None],
+            "image_width": [None, None], "image_height": [None, None], "punsafe_pred": [None, None],
+            "aesthetic": [None, None], "candidates": [None, None], "candidate_similarities": [None, None],
         }
     else:
         generated = {
@@ -89,6 +91,7 @@ def _batch(start: int, failed: bool) -> dict[str, list]:
             "rerank_similarities": [[0.125, 0.5 - i / 100] for i in rows],
             "status": [OK, OK], "error": [None, None],
             "image_width": [100 + i for i in rows], "image_height": [200 + i for i in rows],
+            "punsafe_pred": [0.125 + i / 100 for i in rows], "aesthetic": [5.5 + i / 10 for i in rows],
             "candidates": [[f"another {i}", f"a caption {i}", f"third {i}"] for i in rows],
             "candidate_similarities": [[0.25, 0.5 + i / 100, 0.125] for i in rows],
         }
