@@ -27,6 +27,7 @@ from dataset_card.summary import CaptionSummary, summarise
 from map_fns import captioners
 from map_fns.flags import NONE
 from map_fns.registry import STAGES
+from map_fns.row_filters import row_filters
 from map_fns.status import BLOCKED, BLOCKED_BY_LIST, FILTERED, OPTED_OUT
 from output.durable import write_durably
 from output.layout import card_path
@@ -113,8 +114,8 @@ def kept_out(stats: dict, config: dict) -> dict:
     reasons = [(reason, count) for reason, count in stats["errors"].items()
                if reason.split(":", 1)[0] in (BLOCKED_BY_LIST, FILTERED)]
     fetch, screen = config["fetch"], config["screen"]
-    filters = [*fetch["filter"], *(f"{column}<={fetch[f'max_{column}']:g}" for column in ("punsafe", "pwatermark")
-                                   if fetch[f"max_{column}"] is not None)]
+    filters = [str(row_filter) for row_filter in row_filters(fetch["filter"], fetch["max_punsafe"],
+                                                             fetch["max_pwatermark"])]
     heads = {column: screen[flag] for column, flag in (("punsafe_pred", "punsafe_head"),
                                                        ("aesthetic", "aesthetic_head")) if screen[flag] != NONE}
     return {"statuses": statuses, "reasons": reasons[:MAX_ERROR_REASONS], "filters": filters, "heads": heads,
