@@ -32,7 +32,7 @@ try:
 except ConfigError as err:
     sys.exit(f"error: {err}")
 """
-DOWNLOAD = "import sys; from huggingface_hub import snapshot_download; snapshot_download(sys.argv[1])"
+DOWNLOAD = "import sys; from huggingface_hub import snapshot_download; [snapshot_download(r) for r in sys.argv[1:]]"
 LOGIN = "HF_TOKEN or `hf auth login`"
 RN50X64_WEIGHTS_REPO = "timm/resnet50x64_clip.openai"  # where open_clip's table sends RN50x64/openai
 VIT_L14_WEIGHTS_REPO = "timm/vit_large_patch14_clip_224.openai"  # and ViT-L-14/openai, the heads' default CLIP
@@ -165,8 +165,8 @@ def test_offline_a_model_not_in_the_cache_fails_without_a_request(hub):
 @pytest.mark.timeout(120)
 def test_offline_or_with_the_hub_down_models_in_the_cache_pass(hub):
     heads = [hub_file(head)[0] for head in (PUNSAFE_HEAD, AESTHETIC_HEAD)]
-    for repo_id in ("org/blip", "org/clip", RN50X64_WEIGHTS_REPO, VIT_L14_WEIGHTS_REPO, "org/t5", *heads):
-        assert _python(DOWNLOAD, repo_id, env=hub.env()).returncode == 0
+    repos = ("org/blip", "org/clip", RN50X64_WEIGHTS_REPO, VIT_L14_WEIGHTS_REPO, "org/t5", *heads)
+    assert _python(DOWNLOAD, *repos, env=hub.env()).returncode == 0
     assert _check_models(_offline(hub.env()), *_hub_flags()) is None
     requests = hub.requests
     hub.down = True
