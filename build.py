@@ -16,14 +16,16 @@ from builder.hub import PushError, check_can_push, check_chunk_files
 from builder.interrupt import RunInterrupted
 from builder.source import ResolvedSource, check_source, plan_tasks
 from builder.tasks import Task
+from map_fns.blocklist import shared_blocklist
 from output.store import OutputStore
 from output.viewer import ViewerCheckError
 
 
 def check_before_work(cfg: BuildConfig) -> tuple[ResolvedSource, list[Task] | None]:
-    """The source (and its tasks, when its footers are local), the output location, the Hub token and the
-    output's file count: what would otherwise fail after hours of work."""
+    """The source (and its tasks, when its footers are local), the blocklists, the output location, the Hub token
+    and the output's file count: what would otherwise fail after hours of work."""
     source = check_source(cfg.source, cfg.fetch.row_filters())
+    shared_blocklist(tuple(cfg.fetch.blocklist))  # read now: a missing file or a bad line fails before any work
     try:
         store = OutputStore(cfg.run.output_dir)
     except (ImportError, ValueError) as err:  # fsspec: an unknown protocol, or its library not installed

@@ -6,7 +6,7 @@ from __future__ import annotations
 from builder.config import BuildConfig, ConfigError, recorded_config
 from builder.source import ResolvedSource
 from dataset_card.inputs import CardInputs
-from map_fns.blocklist import Blocklist, ListInfo
+from map_fns.blocklist import ListInfo, shared_blocklist
 
 
 def card_inputs(cfg: BuildConfig, source: ResolvedSource) -> CardInputs:
@@ -23,6 +23,6 @@ def blocklists_used(sources: list[str]) -> tuple[tuple[ListInfo, ...], str | Non
     """The blocklists' names, sizes and checksums, read again for the card; when they cannot be read any more (a
     finish elsewhere, a file moved) the card says why instead of failing a finished run."""
     try:
-        return Blocklist.load(sources).lists, None
+        return shared_blocklist(tuple(sources)).lists, None
     except ConfigError as err:
         return (), str(err)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -156,6 +157,13 @@ class Blocklist:
         """Pickled as its sources and their checksums, not its tables: `datasets` pickles map functions to
         fingerprint them, and a process that unpickles one reloads the lists (checked unchanged)."""
         return _reload, (self.sources, tuple(info.sha256 for info in self.lists))
+
+
+@functools.lru_cache(maxsize=1)
+def shared_blocklist(sources: tuple[str, ...]) -> Blocklist:
+    """The process's `Blocklist` of these sources, loaded once: the check before any work, the fetch stage and the
+    card all use it, so tens of millions of entries are read once per process, and a bad list fails up front."""
+    return Blocklist.load(sources)
 
 
 def _reload(sources: tuple[str, ...], sha256s: tuple[str, ...]) -> Blocklist:

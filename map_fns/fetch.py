@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from map_fns.blocklist import Blocklist
+from map_fns.blocklist import Blocklist, shared_blocklist
 from map_fns.flags import above, at_least, require
 from map_fns.images import DecodedImage, ImageDecodeError, decode_for_models, one_line
 from map_fns.net_policy import parse_networks
@@ -273,7 +273,7 @@ def make_fetch_fn(
     from map_fns.http_client import Downloader
     from map_fns.net_policy import AddressPolicy
 
-    blocklist = Blocklist.load(cfg.blocklist)
+    blocklist = shared_blocklist(tuple(cfg.blocklist))
     filters = cfg.row_filters()
     downloader = Downloader(
         timeout=cfg.fetch_timeout, deadline=cfg.fetch_deadline, max_bytes=cfg.max_image_bytes,

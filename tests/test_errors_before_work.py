@@ -49,7 +49,8 @@ def _single(argv: list[str], env: dict) -> subprocess.CompletedProcess:
 
 @pytest.mark.timeout(300)
 def test_without_accelerate_the_whole_output_is_the_one_line(hub_server, tiny_models, tmp_path):
-    """A Hub source that is missing, one that lacks a URL and an image column, a model of the wrong kind."""
+    """A Hub source that is missing, one that lacks a URL and an image column, a blocklist that is not there, a
+    filter on a column the source lacks, a model of the wrong kind."""
     folder = tmp_path / "alt-texts-only"
     (folder / "data").mkdir(parents=True)
     pq.write_table(pa.table({"text": ["a cat", "a dog"]}), folder / "data" / "train-00000-of-00001.parquet")
@@ -60,6 +61,10 @@ def test_without_accelerate_the_whole_output_is_the_one_line(hub_server, tiny_mo
                            "--source 'user/no-such-dataset' cannot be found"),
         "no usable column": (["--source", "user/alt-texts-only"],
                              "user/alt-texts-only has no URL column (URL/url) and no image column"),
+        "missing blocklist": (["--blocklist", str(tmp_path / "lists" / "urls.txt")],
+                              f"--blocklist {tmp_path / 'lists' / 'urls.txt'}: no such file"),
+        "filter on a missing column": (["--max_punsafe", "0.5"],
+                                       "filter 'punsafe<=0.5' reads column 'punsafe', which is not a column of "),
         "unsupported captioner family": (["--captioner", tiny_models.repairer],
                                          f"--captioner {tiny_models.repairer!r} is a t5 model, which is not a "
                                          "supported captioner family (supported: BLIP (blip), BLIP-2 (blip-2), "),

@@ -73,15 +73,18 @@ def test_listed_image_bytes_are_fetched_but_never_decoded_kept_or_fetched_again(
 
 def test_listed_embedded_bytes_and_local_files_are_never_decoded(tmp_path, image_server, sample_images, decoded,
                                                                  closed_port_url):
-    embedded, on_disk = sample_images["jpeg_rgb"].data, sample_images["webp"].data
+    embedded, on_disk, in_cell = (sample_images[name].data for name in ("jpeg_rgb", "webp", "png_l"))
     (tmp_path / "listed.webp").write_bytes(on_disk)
-    blocklist = listed(tmp_path, "images.txt", hashlib.md5(embedded).hexdigest(), hashlib.sha256(on_disk).hexdigest())
+    blocklist = listed(tmp_path, "images.txt", hashlib.md5(embedded).hexdigest(), hashlib.sha256(on_disk).hexdigest(),
+                       hashlib.sha256(in_cell).hexdigest())
     fetch = make_fetch_fn(FetchConfig(blocklist=[blocklist]), read_local_files=True)
-    out = fetch({"URL": [closed_port_url] * 3,
+    out = fetch({"URL": [closed_port_url] * 4,
                  "image": [embedded, {"bytes": None, "path": str(tmp_path / "listed.webp")},
+                           {"bytes": in_cell, "path": "photo.png"},  # a cell as a datasets Image column holds it
                            sample_images["bmp"].data]})
-    assert out["status"] == [BLOCKED_BY_LIST, BLOCKED_BY_LIST, OK]
-    assert out["error"][:2] == ["image MD5 listed in images.txt", "image SHA-256 listed in images.txt"]
+    assert out["status"] == [BLOCKED_BY_LIST, BLOCKED_BY_LIST, BLOCKED_BY_LIST, OK]
+    assert out["error"][:3] == ["image MD5 listed in images.txt", "image SHA-256 listed in images.txt",
+                                "image SHA-256 listed in images.txt"]
     assert decoded == [sample_images["bmp"].data]
 
 
