@@ -28,6 +28,7 @@ from map_fns import captioners
 from map_fns.flags import NONE
 from map_fns.registry import STAGES
 from map_fns.row_filters import row_filters
+from map_fns.screen import ScreenConfig
 from map_fns.status import BLOCKED, BLOCKED_BY_LIST, FILTERED, OPTED_OUT
 from output.durable import write_durably
 from output.layout import card_path
@@ -116,8 +117,7 @@ def kept_out(stats: dict, config: dict) -> dict:
     fetch, screen = config["fetch"], config["screen"]
     filters = [str(row_filter) for row_filter in row_filters(fetch["filter"], fetch["max_punsafe"],
                                                              fetch["max_pwatermark"])]
-    heads = {column: screen[flag] for column, flag in (("punsafe_pred", "punsafe_head"),
-                                                       ("aesthetic", "aesthetic_head")) if screen[flag] != NONE}
+    heads = {column: spec for column, (_, spec) in ScreenConfig(**screen).heads.items()}
     return {"statuses": statuses, "reasons": reasons[:MAX_ERROR_REASONS], "filters": filters, "heads": heads,
             "embedding": screen["screen_clip"], "max_punsafe_pred": screen["max_punsafe_pred"]}
 

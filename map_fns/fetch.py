@@ -239,13 +239,11 @@ def _row_source(url, image, read_local_files: bool) -> bytes | str | None | Loca
 def _kept_out(blocklist: Blocklist, filters: list[RowFilter], batch: dict[str, list]) -> list[Outcome | None]:
     """Per row, the outcome of a row kept out before any request (a listed URL, then a failed score filter), or
     None. The URL looked up is the row's `URL`, and also its image cell's http(s) path when it has one."""
-    urls = batch["URL"]
-    listed = blocklist.url_reasons([url if isinstance(url, str) else None for url in urls]) if blocklist else \
-        [None] * len(urls)
+    listed = blocklist.url_reasons([url if isinstance(url, str) else None for url in batch["URL"]])
     if blocklist and "image" in batch:
         by_path = blocklist.url_reasons([_cell_url(image) for image in batch["image"]])
         listed = [by_url or path_listed for by_url, path_listed in zip(listed, by_path)]
-    failed = filter_reasons(filters, batch) if filters else [None] * len(urls)
+    failed = filter_reasons(filters, batch)
     return [(BLOCKED_BY_LIST, reason, None) if reason else (FILTERED, failure, None) if failure else None
             for reason, failure in zip(listed, failed)]
 
